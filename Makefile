@@ -1,0 +1,70 @@
+# rods — set-up, tests and the online loop. Every target installs what it needs first.
+#   make demo            the embedded default, end to end (tiny policy, built-in domains, CPU)
+#   make test            the test suite (what CI runs)
+#   make loop ITER=50 RUN=runs/NAME PIPELINE=demo   the RODS loop, resumable
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch 2.13.0 lies on the test machines' disk; pip takes it from there.
+# On a GPU machine: make install TORCH_SPEC='torch' (or any CUDA build you like).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+# The MCP test server (tests/test_mcp_env.py). mcp-server-sqlite needs mcp<2 (rods uses mcp 2.x):
+# it lives in its own virtualenv and is started by path; stdio keeps the two versions apart.
+MCP_SQLITE := $(VENV)/mcp-servers/sqlite/bin/mcp-server-sqlite
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint bench clean-venv help
+
+help:
+	@sed -n '1,5p' Makefile
+
+install: $(STAMP) $(MCP_SQLITE)
+
+$(MCP_SQLITE):
+	@test -x $(VENV)/mcp-servers/sqlite/bin/python || $(PY) -m venv $(VENV)/mcp-servers/sqlite
+	$(VENV)/mcp-servers/sqlite/bin/pip install -q --disable-pip-version-check 'mcp-server-sqlite==2025.4.25' 'mcp[cli]>=1.6,<2'
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@# BFCL's simulators and tasks: its own dependency pins are heavy and not needed for them
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps bfcl-eval mpmath
+	@touch $(STAMP)
+
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+clean-venv:
+	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------------------
+# the online loop (pipelines/loop.mk; one recipe per pipeline in pipelines/)
+PIPELINE ?= demo
+include pipelines/$(PIPELINE).mk
+include pipelines/loop.mk
+
+DEMO_RUN ?= runs/compare/demo
+STATIC_RUN ?= runs/compare/static
+COMPARE_OUT ?= runs/compare/report
+
+.PHONY: demo static bfcl compare
+# the README's main command: the embedded default end to end, from a fresh clone
+# (RUN defaults to runs/PIPELINE; settings come from pipelines/PIPELINE.mk)
+demo static bfcl: install
+	$(MAKE) --no-print-directory loop PIPELINE=$@
+
+# RODS against fixed-data GRPO with the same trajectory budget, in one report
+compare: install
+	$(MAKE) --no-print-directory loop PIPELINE=demo RUN=$(DEMO_RUN)
+	$(MAKE) --no-print-directory loop PIPELINE=static RUN=$(STATIC_RUN)
+	$(RODS) $(RODS_FLAGS) report $(DEMO_RUN) $(STATIC_RUN) --name rods --name static --out $(COMPARE_OUT)
+	@echo "report: $(COMPARE_OUT)/index.html"

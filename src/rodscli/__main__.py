@@ -1,0 +1,3 @@
+from rodscli.cli import run
+
+run()

@@ -1,0 +1,582 @@
+"""The `rods` command line: one thin command per stage.
+
+Each command parses options into the stage's options object, opens files, shows progress
+and renders errors; the work is a library call in `rodscli.stages.*` that takes and
+returns plain records. User mistakes (RodsError) print one line and exit 2; anything else
+is a bug and shows its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+try:  # typer >= 0.29 vendors its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer
+    from click import ClickException
+
+from rodscli import __version__, console, records, schemas
+from rodscli.config import field_default, field_help
+from rodscli.envs.bfcl import BFCLTasksOptions
+from rodscli.errors import NotBuiltError, RodsError, ValidationError
+from rodscli.policy.tiny import InitPolicyOptions
+from rodscli.stages import buffer as buffer_stage
+from rodscli.stages import detect as detect_stage
+from rodscli.stages import score as score_stage
+from rodscli.stages.eval import EvalOptions
+from rodscli.stages.report import ReportOptions
+from rodscli.stages.rollout import RolloutOptions
+from rodscli.stages.train import TrainOptions
+
+app = typer.Typer(
+    name="rods",
+    help="Reward-driven Online Data Synthesis for multi-turn tool-use RL. "
+    "Stages read and write JSONL/Parquet records; `-` is JSONL on stdin/stdout.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+tasks_app = typer.Typer(help="Make, replay and inspect task files.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+class Globals:
+    """Global options, set by the app callback."""
+
+    seed: int = 0
+    validate: bool = True
+    debug: bool = False
+    command: list[str] | None = None  # the argv main() was given, for provenance
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rods {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _globals(
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling, splits, synthesis and buffer decisions."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print more detail on stderr."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip schema validation of inputs and outputs (faster)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of user errors too."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    Globals.seed = seed
+    Globals.validate = not no_validate
+    Globals.debug = debug
+    console.VERBOSITY = 0 if quiet else (2 if verbose else 1)
+
+
+def provenance(inputs: list[str | Path], **extra: object) -> dict:
+    """Provenance for an output of this command: inputs' hashes, the global seed, extras."""
+    if Globals.command is not None:
+        extra.setdefault("command", Globals.command)
+    return records.provenance([str(p) for p in inputs], seed=Globals.seed, **extra)
+
+
+def not_built(stage: str, issue: int) -> None:
+    raise NotBuiltError(f"`rods {stage}` is not built in this version of rods yet (tracked in issue #{issue})")
+
+
+# ---------------------------------------------------------------------------------------
+# records: validate, schema
+
+
+@app.command()
+def validate(
+    file: str = typer.Argument(..., help="Record file (.jsonl, .parquet, or - for JSONL on stdin)."),
+    schema: str = typer.Option(None, "--schema", "-s", help="Schema name; default: the one recorded in the file's provenance, else the one its first record fits."),
+    max_errors: int = typer.Option(50, "--max-errors", help="Print at most this many problems (all are counted)."),
+) -> None:
+    """Check every record of FILE against its schema; print each problem as file:line: field: problem."""
+    name = schema or records.detect_schema(file)
+    if name is None and file != "-":
+        name = records.guess_schema(next(records.iter_raw(file), (0, None))[1])
+    if name is None:
+        raise RodsError("cannot tell the record type: pass --schema NAME", where=file)
+    schemas.load(name)
+    bad_records: set[str] = set()
+    count = 0
+    for where, field, message in records.find_problems(file, name):
+        count += 1
+        bad_records.add(where)
+        if count <= max_errors:
+            typer.echo(f"{where}: {field}: {message}")
+    if count:
+        console.console.print(f"[red]{len(bad_records)} bad record(s), {count} problem(s)[/red] in {file} (schema {name})")
+        raise typer.Exit(2)
+    console.info(f"[green]ok[/green] {file} (schema {name})")
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(..., metavar="IN", help="Input records (.jsonl, .parquet, or - for JSONL on stdin)."),
+    dst: str = typer.Argument(..., metavar="OUT", help="Output records (.jsonl, .parquet, or - for JSONL on stdout)."),
+    schema: str = typer.Option(None, "--schema", "-s", help="Record type; default: the one recorded in IN's provenance, else the one its first record fits."),
+) -> None:
+    """Convert records between JSONL and Parquet, validating them; OUT gets fresh provenance."""
+    name, recs = records.open_records(src, schema, validate=Globals.validate)
+    if name is None:
+        raise RodsError("cannot tell the record type: pass --schema NAME", where=src)
+    info = provenance([src], parent=records.read_provenance(src))
+    n = records.write_records(dst, recs, name, provenance_info=info, validate=Globals.validate)
+    console.info(f"wrote {n} {name} record(s) to {dst}")
+
+
+@app.command()
+def schema(name: str = typer.Argument(..., help="One of: task, rollout, scored, group, buffer, metrics, ...")) -> None:
+    """Print the JSON Schema NAME (with x-extends resolved)."""
+    import orjson
+
+    typer.echo(orjson.dumps(schemas.load(name), option=orjson.OPT_INDENT_2).decode())
+
+
+# ---------------------------------------------------------------------------------------
+# tasks (issue 3)
+
+
+@tasks_app.command("builtin")
+def tasks_builtin() -> None:
+    """Write the built-in domains' seed tasks."""
+    not_built("tasks builtin", 3)
+
+
+@tasks_app.command("bfcl")
+def tasks_bfcl(
+    out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
+    split: str = typer.Option(field_default(BFCLTasksOptions, "split"), "--split", help=field_help(BFCLTasksOptions, "split")),
+    categories: list[str] = typer.Option(field_default(BFCLTasksOptions, "categories"), "--categories", help=field_help(BFCLTasksOptions, "categories") + " Repeat the option or separate by commas."),
+    split_seed: int = typer.Option(field_default(BFCLTasksOptions, "split_seed"), "--split-seed", help=field_help(BFCLTasksOptions, "split_seed")),
+    per_category: int = typer.Option(field_default(BFCLTasksOptions, "per_category"), "--per-category", help=field_help(BFCLTasksOptions, "per_category")),
+    profile: bool = typer.Option(field_default(BFCLTasksOptions, "profile"), "--profile/--no-profile", help=field_help(BFCLTasksOptions, "profile")),
+) -> None:
+    """Write the BFCL multi-turn tasks (paper split: 100 per category for training, 100 for test)."""
+    from rodscli.envs.bfcl import bfcl_tasks
+
+    names = [c.strip() for item in categories for c in item.split(",") if c.strip()]
+    opts = BFCLTasksOptions(split=split, categories=names, split_seed=split_seed, per_category=per_category, profile=profile)
+    tasks = bfcl_tasks(opts)
+    n = records.write_records(out, tasks, "task", validate=Globals.validate,
+                              provenance_info=provenance([], split=split, split_seed=split_seed, categories=names))
+    console.info(f"wrote {n} BFCL tasks ({split}) to {out}")
+
+
+@tasks_app.command("replay")
+def tasks_replay() -> None:
+    """Replay every task's reference solution and check it."""
+    not_built("tasks replay", 3)
+
+
+@tasks_app.command("stats")
+def tasks_stats() -> None:
+    """Counts by domain, skill and depth."""
+    not_built("tasks stats", 3)
+
+
+# ---------------------------------------------------------------------------------------
+# policy and rollout (issue 4)
+
+
+_Init, _Roll = InitPolicyOptions, RolloutOptions
+
+
+@app.command("init-policy")
+def init_policy(
+    out: str = typer.Option(..., "--out", "-o", help="Checkpoint directory to create (a normal Hugging Face checkpoint)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the random weights (default: the global --seed)."),
+    vocab_size: int = typer.Option(field_default(_Init, "vocab_size"), "--vocab-size", help=field_help(_Init, "vocab_size")),
+    hidden_size: int = typer.Option(field_default(_Init, "hidden_size"), "--hidden-size", help=field_help(_Init, "hidden_size")),
+    layers: int = typer.Option(field_default(_Init, "layers"), "--layers", help=field_help(_Init, "layers")),
+    heads: int = typer.Option(field_default(_Init, "heads"), "--heads", help=field_help(_Init, "heads")),
+    intermediate_size: int = typer.Option(field_default(_Init, "intermediate_size"), "--intermediate-size", help=field_help(_Init, "intermediate_size")),
+) -> None:
+    """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template."""
+    from rodscli.policy.tiny import init_policy as make
+
+    opts = _Init(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=intermediate_size)
+    info = make(out, opts, seed=Globals.seed if seed is None else seed)
+    console.info(f"wrote {info['out']}: {info['n_params'] / 1e6:.2f}M parameters, vocabulary {info['vocab_size']}, "
+                 f"tokenizer trained on {info['n_tasks']} tasks ({info['seconds']:.1f}s)")
+
+
+@app.command()
+def rollout(
+    policy: str = typer.Option(..., "--policy", help="Checkpoint directory (tokenizer and chat template; the weights too for hf and vllm)."),
+    tasks: str = typer.Option(..., "--tasks", help="Tasks (.jsonl, .parquet, or - for JSONL on stdin)."),
+    out: str = typer.Option(..., "--out", "-o", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
+    group_size: int = typer.Option(field_default(_Roll, "group_size"), "--group-size", "-G", help=field_help(_Roll, "group_size")),
+    backend: str = typer.Option(field_default(_Roll, "backend"), "--backend", help=field_help(_Roll, "backend")),
+    temperature: float = typer.Option(field_default(_Roll, "temperature"), "--temperature", help=field_help(_Roll, "temperature")),
+    top_p: float = typer.Option(field_default(_Roll, "top_p"), "--top-p", help=field_help(_Roll, "top_p")),
+    max_new_tokens: int = typer.Option(field_default(_Roll, "max_new_tokens"), "--max-new-tokens", help=field_help(_Roll, "max_new_tokens")),
+    max_steps_per_turn: int = typer.Option(field_default(_Roll, "max_steps_per_turn"), "--max-steps-per-turn", help=field_help(_Roll, "max_steps_per_turn")),
+    max_tokens: int = typer.Option(field_default(_Roll, "max_tokens"), "--max-tokens", help=field_help(_Roll, "max_tokens")),
+    timeout: float = typer.Option(field_default(_Roll, "timeout"), "--timeout", help=field_help(_Roll, "timeout")),
+    batch_size: int = typer.Option(field_default(_Roll, "batch_size"), "--batch-size", help=field_help(_Roll, "batch_size")),
+    iteration: int = typer.Option(field_default(_Roll, "iteration"), "--iteration", help=field_help(_Roll, "iteration")),
+    device: str = typer.Option(field_default(_Roll, "device"), "--device", help=field_help(_Roll, "device")),
+    system_prompt: str = typer.Option(field_default(_Roll, "system_prompt"), "--system-prompt", help=field_help(_Roll, "system_prompt")),
+    base_url: str = typer.Option(field_default(_Roll, "base_url"), "--base-url", help=field_help(_Roll, "base_url")),
+    served_model: str = typer.Option(field_default(_Roll, "served_model"), "--served-model", help=field_help(_Roll, "served_model")),
+    concurrency: int = typer.Option(field_default(_Roll, "concurrency"), "--concurrency", help=field_help(_Roll, "concurrency")),
+    gpu_memory_utilization: float = typer.Option(field_default(_Roll, "gpu_memory_utilization"), "--gpu-memory-utilization", help=field_help(_Roll, "gpu_memory_utilization")),
+    seed: int = typer.Option(None, "--seed", help="Sampling seed (default: the global --seed); same seed, same rollouts on hf CPU."),
+) -> None:
+    """Run G episodes of every task and write token-in-token-out rollouts."""
+    from rodscli.stages import rollout as rollout_stage
+
+    opts = _Roll(group_size=group_size, backend=backend, temperature=temperature, top_p=top_p,
+                 max_new_tokens=max_new_tokens, max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens,
+                 timeout=timeout, batch_size=batch_size, iteration=iteration, device=device,
+                 system_prompt=system_prompt, base_url=base_url, served_model=served_model,
+                 concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
+    opts.check()
+    seed = Globals.seed if seed is None else seed
+    task_list = records.read_all(tasks, "task", Globals.validate)
+    engine = rollout_stage.load_backend(policy, opts)
+    try:
+        done = iter(console.progress(rollout_stage.iter_rollouts(task_list, engine, opts, seed), "rollout",
+                                     total=len(task_list) * group_size))
+        rows = rollout_stage.in_task_order(list(done), task_list)
+    finally:
+        engine.close()
+    records.write_records(out, rows, "rollout", validate=Globals.validate,
+                          provenance_info=provenance([tasks, policy], backend=backend, policy_id=engine.policy_id))
+    reasons: dict[str, int] = {}
+    for r in rows:
+        reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
+    console.info(f"wrote {len(rows)} rollouts ({sum(r['n_model_tokens'] for r in rows)} model tokens; "
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}) -> {out}")
+
+
+# ---------------------------------------------------------------------------------------
+# score and detect (issue 5)
+
+
+_Score, _Detect = score_stage.ScoreConfig, detect_stage.DetectConfig
+
+
+@app.command()
+def score(
+    rollouts: str = typer.Option(..., "--rollouts", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdin)."),
+    tasks: str = typer.Option(..., "--tasks", help="The tasks the rollouts were made from (.jsonl or .parquet)."),
+    out: str = typer.Option(..., "--out", "-o", help="Scored rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
+    reward: str = typer.Option(field_default(_Score, "reward"), "--reward", help=field_help(_Score, "reward")),
+    weights: str = typer.Option(field_default(_Score, "weights"), "--weights", help=field_help(_Score, "weights")),
+    alpha: float = typer.Option(field_default(_Score, "alpha"), "--alpha", help=field_help(_Score, "alpha")),
+    beta: float = typer.Option(field_default(_Score, "beta"), "--beta", help=field_help(_Score, "beta")),
+    cache: bool = typer.Option(field_default(_Score, "cache"), "--cache/--no-cache", help=field_help(_Score, "cache")),
+) -> None:
+    """Score rollouts: per-turn pass, progress and outcome rewards, and every PROVE component."""
+    if tasks == "-":
+        raise RodsError("--tasks cannot be stdin: give a file", field="--tasks")
+    cfg = _Score(reward=reward, weights=weights, alpha=alpha, beta=beta, cache=cache)
+    task_list = records.read_all(tasks, "task", Globals.validate)
+    rows = console.progress(records.read_records(rollouts, "rollout", Globals.validate), "score")
+    totals = {"n": 0, "progress": 0.0, "outcome": 0.0}
+
+    def counted(scored):
+        for s in scored:
+            totals["n"] += 1
+            totals["progress"] += s["progress"]
+            totals["outcome"] += s["outcome"]
+            yield s
+
+    records.write_records(out, counted(score_stage.score(rows, task_list, cfg)), "scored",
+                          provenance_info=provenance([rollouts, tasks], reward=reward, weights=weights),
+                          validate=Globals.validate)
+    n = max(totals["n"], 1)
+    console.info(f"scored {totals['n']} rollouts: mean progress {totals['progress'] / n:.3f}, "
+                 f"outcome {totals['outcome'] / n:.3f} -> {out}")
+
+
+@app.command()
+def detect(
+    scored: str = typer.Option(..., "--scored", help="Scored rollouts (.parquet is scanned column by column; .jsonl, or - for stdin)."),
+    out: str = typer.Option(..., "--out", "-o", help="Groups (.jsonl, .parquet, or - for JSONL on stdout)."),
+    previous: str = typer.Option(None, "--previous", help="The previous iteration's groups file: carries ema_mean, iterations_seen and zone_counts on."),
+    alpha_low: float = typer.Option(field_default(_Detect, "alpha_low"), "--alpha-low", help=field_help(_Detect, "alpha_low")),
+    alpha_high: float = typer.Option(field_default(_Detect, "alpha_high"), "--alpha-high", help=field_help(_Detect, "alpha_high")),
+    top_m: int = typer.Option(field_default(_Detect, "top_m"), "--top-m", help=field_help(_Detect, "top_m")),
+    quota_per_skill: int = typer.Option(field_default(_Detect, "quota_per_skill"), "--quota-per-skill", help=field_help(_Detect, "quota_per_skill")),
+    refill: bool = typer.Option(field_default(_Detect, "refill"), "--refill/--no-refill", help=field_help(_Detect, "refill")),
+    by: str = typer.Option(field_default(_Detect, "by"), "--by", help=field_help(_Detect, "by")),
+    ema: float = typer.Option(field_default(_Detect, "ema"), "--ema", help=field_help(_Detect, "ema")),
+) -> None:
+    """Per-task reward statistics (n, mean, var, phi), zones, history and the boundary selection."""
+    cfg = _Detect(alpha_low=alpha_low, alpha_high=alpha_high, top_m=top_m, quota_per_skill=quota_per_skill,
+                  refill=refill, by=by, ema=ema)
+    frame = detect_stage.scan_scored(scored, Globals.validate)
+    before = records.read_all(previous, "group", Globals.validate) if previous else None
+    groups = detect_stage.detect(frame, cfg, before)
+    records.write_records(out, groups, "group", provenance_info=provenance([scored] + ([previous] if previous else [])),
+                          validate=Globals.validate)
+    if console.VERBOSITY >= 1:
+        console.console.print(detect_stage.summary_table(groups))
+
+
+# ---------------------------------------------------------------------------------------
+# synthesize and merge-buffer (issue 6)
+
+
+@app.command()
+def synthesize() -> None:
+    """Synthesize new verified tasks shaped like the selected boundary tasks."""
+    not_built("synthesize", 6)
+
+
+_Merge = buffer_stage.MergeOptions
+
+
+@app.command("merge-buffer")
+def merge_buffer(
+    out: str = typer.Option(..., "--out", "-o", help="The new buffer (.jsonl or .parquet): the whole pool state."),
+    next_batch: str = typer.Option(..., "--next-batch", help="Tasks to roll out at iteration n + 1 (.jsonl, .parquet, or - for stdout)."),
+    buffer: str = typer.Option(None, "--buffer", help="The current buffer file (from the previous merge-buffer)."),
+    init_from: str = typer.Option(None, "--init-from", help="Start a new buffer from these tasks (every one active; seeds are never retired)."),
+    groups: str = typer.Option(None, "--groups", help="Groups of iteration n (from `rods detect`)."),
+    candidates: str = typer.Option(None, "--candidates", help="Candidates of iteration n (from `rods synthesize`)."),
+    iteration: int = typer.Option(field_default(_Merge, "iteration"), "--iteration", help=field_help(_Merge, "iteration")),
+    beta: float = typer.Option(field_default(_Merge, "beta"), "--beta", help=field_help(_Merge, "beta")),
+    p_max: int = typer.Option(field_default(_Merge, "p_max"), "--p-max", help=field_help(_Merge, "p_max")),
+    mastered: float = typer.Option(field_default(_Merge, "mastered"), "--mastered", help=field_help(_Merge, "mastered")),
+    unsolvable: float = typer.Option(field_default(_Merge, "unsolvable"), "--unsolvable", help=field_help(_Merge, "unsolvable")),
+    burn_in: int = typer.Option(field_default(_Merge, "burn_in"), "--burn-in", help=field_help(_Merge, "burn_in")),
+    stale_iters: int = typer.Option(field_default(_Merge, "stale_iters"), "--stale-iters", help=field_help(_Merge, "stale_iters")),
+    ema_decay: float = typer.Option(field_default(_Merge, "ema_decay"), "--ema-decay", help=field_help(_Merge, "ema_decay")),
+    batch_size: int = typer.Option(field_default(_Merge, "batch_size"), "--batch-size", help=field_help(_Merge, "batch_size")),
+    floor: float = typer.Option(field_default(_Merge, "floor"), "--floor", help=field_help(_Merge, "floor")),
+) -> None:
+    """Merge groups and candidates into the replay buffer; write the next batch.
+
+    Staged injection (beta), retirement of synthetic tasks (mastered, unsolvable, stale),
+    the p_max cap by phi, every decision logged in the entry. The batch is sampled with
+    the global --seed and the iteration.
+    """
+    if (buffer is None) == (init_from is None):
+        raise RodsError("give exactly one of --buffer (an existing buffer) and --init-from (tasks to start from)", field="--buffer")
+    if not 0 <= beta <= 1 or p_max < 0 or batch_size < 0 or floor <= 0:
+        raise RodsError("need 0 <= --beta <= 1, --p-max >= 0, --batch-size >= 0, --floor > 0", field="--beta")
+    opts = _Merge(iteration=iteration, beta=beta, p_max=p_max, mastered=mastered, unsolvable=unsolvable,
+                  burn_in=burn_in, stale_iters=stale_iters, ema_decay=ema_decay, batch_size=batch_size,
+                  floor=floor, seed=Globals.seed)
+    if init_from is not None:
+        state = buffer_stage.init_buffer(records.read_all(init_from, "task", Globals.validate), iteration)
+    else:
+        state = records.read_all(buffer, "buffer", Globals.validate)
+    group_rows = records.read_all(groups, "group", Globals.validate) if groups else []
+    cand_rows = records.read_all(candidates, "task", Globals.validate) if candidates else []
+    new, batch, summary = buffer_stage.merge_buffer(state, group_rows, cand_rows, opts)
+    inputs = [p for p in (buffer, init_from, groups, candidates) if p]
+    info = provenance(inputs, iteration=iteration, summary=summary)
+    records.write_records(out, new, "buffer", validate=Globals.validate, provenance_info=info)
+    records.write_records(next_batch, batch, "task", validate=Globals.validate, provenance_info=info)
+    console.info("merge-buffer: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+# ---------------------------------------------------------------------------------------
+# train-step (issue 7)
+
+
+def _train_opt(name: str, *flags: str):
+    return typer.Option(field_default(TrainOptions, name), *flags, help=field_help(TrainOptions, name))
+
+
+@app.command("train-step")
+def train_step(
+    policy: str = typer.Option(..., "--policy", help="Input policy checkpoint (Hugging Face directory)."),
+    scored: str = typer.Option(None, "--scored", "--rollouts", help="Scored rollouts to train on (grpo mode; - for JSONL on stdin)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output checkpoint directory (weights, tokenizer, optimizer state, metrics.jsonl)."),
+    tasks: str = typer.Option(None, "--tasks", help="Tasks whose reference solutions SFT trains on (sft mode)."),
+    mode: str = _train_opt("mode", "--mode"),
+    lr: float | None = _train_opt("lr", "--lr"),
+    weight_decay: float = _train_opt("weight_decay", "--weight-decay"),
+    beta1: float = _train_opt("beta1", "--beta1"),
+    beta2: float = _train_opt("beta2", "--beta2"),
+    adv_scale: str = _train_opt("adv_scale", "--adv-scale"),
+    eps_low: float = _train_opt("eps_low", "--eps-low"),
+    eps_high: float = _train_opt("eps_high", "--eps-high"),
+    kl_coef: float = _train_opt("kl_coef", "--kl-coef"),
+    ref_policy: str | None = _train_opt("ref_policy", "--ref-policy"),
+    loss_agg: str = _train_opt("loss_agg", "--loss-agg"),
+    dr_grpo_norm: int = _train_opt("dr_grpo_norm", "--dr-grpo-norm"),
+    max_grad_norm: float = _train_opt("max_grad_norm", "--max-grad-norm"),
+    micro_batch_tokens: int = _train_opt("micro_batch_tokens", "--micro-batch-tokens"),
+    ppo_epochs: int = _train_opt("ppo_epochs", "--ppo-epochs"),
+    mini_batches: int = _train_opt("mini_batches", "--mini-batches"),
+    epochs: int = _train_opt("epochs", "--epochs"),
+    batch_tokens: int = _train_opt("batch_tokens", "--batch-tokens"),
+    temperature: float = _train_opt("temperature", "--temperature"),
+    lora_r: int = _train_opt("lora_r", "--lora-r"),
+    lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
+    bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
+) -> None:
+    """One GRPO (or SFT) update; writes a new checkpoint. Runs under `accelerate launch` too."""
+    from rodscli.errors import OptionError
+    from rodscli.stages import train
+
+    opts = TrainOptions(
+        mode=mode, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, adv_scale=adv_scale,
+        eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, ref_policy=ref_policy, loss_agg=loss_agg,
+        dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
+        ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
+        temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
+    )
+    opts.check()
+    if mode == "sft":
+        if not tasks:
+            raise OptionError("--mode sft needs --tasks TASKS")
+        rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate))
+        metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
+    else:
+        if not scored:
+            raise OptionError("--mode grpo needs --scored SCORED")
+        batch = records.read_all(scored, "scored", Globals.validate)
+        metrics = train.train_step(policy, batch, out, opts, seed=Globals.seed, provenance_info=provenance([policy, scored]), validate=Globals.validate)
+    if metrics["updated"]:
+        console.info(f"[green]{mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
+                     f"groups kept {metrics['groups_kept']}/{metrics['groups_total']}, {metrics['tokens_per_s']:.0f} tokens/s -> {out}")
+
+
+# ---------------------------------------------------------------------------------------
+# eval and report (issue 8)
+
+
+def _eval_roll(name: str, *flags: str):
+    from rodscli.stages.rollout import RolloutOptions
+
+    return typer.Option(field_default(RolloutOptions, name), *flags, help=field_help(RolloutOptions, name))
+
+
+@app.command("eval")
+def eval_(
+    policy: str = typer.Option(..., "--policy", help="Policy checkpoint to evaluate (Hugging Face directory, or the model name with --backend openai)."),
+    tasks: str = typer.Option(..., "--tasks", help="Held-out tasks (.jsonl or .parquet)."),
+    out: str = typer.Option(..., "--out", "-o", help="Eval records: one per task, then per skill and overall (.jsonl, .parquet, or - for JSONL on stdout)."),
+    k: int = typer.Option(field_default(EvalOptions, "k"), "--k", help=field_help(EvalOptions, "k")),
+    greedy: bool = typer.Option(field_default(EvalOptions, "greedy"), "--greedy/--no-greedy", help=field_help(EvalOptions, "greedy")),
+    iteration: int = typer.Option(field_default(EvalOptions, "iteration"), "--iteration", help=field_help(EvalOptions, "iteration")),
+    episodes: str = typer.Option(None, "--episodes", help="Also write the scored episodes here (for inspection)."),
+    backend: str = _eval_roll("backend", "--backend"),
+    temperature: float = _eval_roll("temperature", "--temperature"),
+    top_p: float = _eval_roll("top_p", "--top-p"),
+    max_new_tokens: int = _eval_roll("max_new_tokens", "--max-new-tokens"),
+    max_steps_per_turn: int = _eval_roll("max_steps_per_turn", "--max-steps-per-turn"),
+    max_tokens: int = _eval_roll("max_tokens", "--max-tokens"),
+    timeout: float = _eval_roll("timeout", "--timeout"),
+    batch_size: int = _eval_roll("batch_size", "--batch-size"),
+    device: str = _eval_roll("device", "--device"),
+    base_url: str = _eval_roll("base_url", "--base-url"),
+    served_model: str = _eval_roll("served_model", "--served-model"),
+    concurrency: int = _eval_roll("concurrency", "--concurrency"),
+    gpu_memory_utilization: float = _eval_roll("gpu_memory_utilization", "--gpu-memory-utilization"),
+) -> None:
+    """Greedy or pass@k episodes on held-out tasks: per-task, per-skill and overall success and progress."""
+    from rich.table import Table
+
+    from rodscli.stages import eval as eval_stage
+    from rodscli.stages.rollout import RolloutOptions, load_backend
+
+    if tasks == "-":
+        raise RodsError("--tasks cannot be stdin: give a file", field="--tasks")
+    cfg = EvalOptions(k=k, greedy=greedy, iteration=iteration)
+    cfg.check()
+    ropts = RolloutOptions(backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                           max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens, timeout=timeout,
+                           batch_size=batch_size, device=device, base_url=base_url, served_model=served_model,
+                           concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
+    ropts.check()
+    task_list = records.read_all(tasks, "task", Globals.validate)
+    model = load_backend(policy, replace(ropts, temperature=0.0 if greedy else temperature))
+    bar = iter(console.progress(range(len(task_list) * k), "eval"))
+    rows, scored = eval_stage.evaluate(task_list, model, cfg, ropts, Globals.seed, on_episode=lambda _: next(bar, None))
+    for _ in bar:  # close the progress bar
+        pass
+    info = provenance([policy, tasks], greedy=greedy, k=k, iteration=iteration)
+    if episodes:
+        records.write_records(episodes, scored, "scored", provenance_info=info, validate=Globals.validate)
+    records.write_records(out, rows, "eval", provenance_info=info, validate=Globals.validate)
+    table = Table(title=f"held-out eval of {policy} ({'greedy' if greedy else f'pass@{k}'})", title_justify="left")
+    for header in ("skill", "tasks", "success", "progress"):
+        table.add_column(header, justify="right")
+    for r in rows:
+        if r["kind"] != "task":
+            table.add_row(r["key"], str(r["n_tasks"]), f"{r['success']:.3f}", f"{r['progress']:.3f}")
+    if console.VERBOSITY >= 1:
+        console.console.print(table)
+
+
+@app.command()
+def report(
+    runs: list[str] = typer.Argument(..., help="Run folders written by `make loop` (RUN); several are overlaid."),
+    out: str = typer.Option(field_default(ReportOptions, "out"), "--out", "-o", help=field_help(ReportOptions, "out")),
+    name: list[str] = typer.Option([], "--name", help=field_help(ReportOptions, "names") + " Repeat once per run."),
+    plots: bool = typer.Option(field_default(ReportOptions, "plots"), "--plots/--no-plots", help=field_help(ReportOptions, "plots")),
+) -> None:
+    """HTML report with plots for one or more runs; prints the per-iteration table."""
+    from rich.console import Console
+
+    from rodscli.stages.report import render_tables
+    from rodscli.stages.report import report as make_report
+
+    summaries = make_report(runs, ReportOptions(out=out, names=name, plots=plots))
+    stdout = Console(width=200)
+    for table in render_tables(summaries):
+        stdout.print(table)
+    console.info(f"report: {Path(out) / 'index.html'}")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _render(exc: RodsError) -> None:
+    # one line, whatever a library put in its message
+    line = " ".join(str(exc).split("\n"))
+    console.console.print(f"[bold red]error[/bold red]: {escape(line)}", highlight=False, soft_wrap=True)
+    if isinstance(exc, ValidationError) and len(exc.problems) > 1:
+        for where, field, message in exc.problems[1:5]:
+            console.console.print(escape(f"  {where}: {field}: {message}"), highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the app, render user errors, return the exit code."""
+    Globals.command = ["rods", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        app(args=argv, prog_name="rods", standalone_mode=False)
+    except RodsError as exc:
+        if Globals.debug:
+            traceback.print_exc()
+        _render(exc)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        console.console.print("aborted")
+        return 130
+    except BrokenPipeError:  # `rods ... --out - | head`: the reader is gone, not an error
+        # point stdout at /dev/null so that the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,236 @@
+"""The environment protocol (DESIGN.md section 2) and what every family shares.
+
+An `Environment` turns a task into a live, isolated `Episode`; an episode lists its tools
+(OpenAI function schemas), executes calls by name with keyword arguments, and exposes a
+comparable snapshot of its public state. Every model mistake (unknown tool, withheld tool,
+bad arguments, tool exception) comes back as a `CallOutcome` with an error kind, never as
+an exception: bad model output is data, scored later.
+
+Families implement `Episode.invoke` (and `tools`, `snapshot`); the checks around it live
+here once, so that rollout, score, synthesis and replay all see the same behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Error kinds recorded in rollout.calls[].error
+PARSE_ERROR = "parse_error"
+UNKNOWN_TOOL = "unknown_tool"
+WITHHELD = "withheld"
+BAD_ARGUMENTS = "bad_arguments"
+TOOL_ERROR = "tool_error"
+ENV_ERROR = "env_error"  # the environment itself failed (server crash or hang): the episode ends
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+@dataclass
+class CallOutcome:
+    """What a tool call gave back: the result text shown to the model, and an error kind."""
+
+    result: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def format_result(value: Any) -> str:
+    """The text a tool result is shown as: strings as they are, anything else as sorted JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+def state_hash(snapshot: Any) -> str:
+    """A stable hash of a public-state snapshot: equal states give equal hashes."""
+    blob = orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def type_matches(value: Any, json_type: str | list[str] | None) -> bool:
+    """Whether a JSON value is compatible with a JSON-Schema type (ints count as numbers)."""
+    if json_type is None or json_type == "any":
+        return True
+    types = [json_type] if isinstance(json_type, str) else json_type
+    for t in types:
+        allowed = _JSON_TYPES.get(t)
+        if allowed is None:  # a type name we do not know: do not reject on it
+            return True
+        if isinstance(value, bool) and t in ("integer", "number"):
+            continue
+        if isinstance(value, allowed):
+            return True
+    return False
+
+
+def check_arguments(schema: dict, arguments: Any) -> str | None:
+    """Check call arguments against a tool's OpenAI schema; return a problem or None."""
+    if not isinstance(arguments, dict):
+        return f"arguments must be a JSON object, got {type(arguments).__name__}"
+    params = schema.get("function", schema).get("parameters") or {}
+    props = params.get("properties") or {}
+    for name in params.get("required") or []:
+        if name not in arguments:
+            return f"missing required argument '{name}'"
+    for name, value in arguments.items():
+        if name not in props:
+            return f"unexpected argument '{name}'"
+        if value is None and name not in (params.get("required") or []):
+            continue
+        if not type_matches(value, props[name].get("type")):
+            return f"argument '{name}' should be {props[name].get('type')}, got {type(value).__name__}"
+    return None
+
+
+def tool_name(schema: dict) -> str:
+    return schema.get("function", schema)["name"]
+
+
+class Episode(ABC):
+    """One live, isolated copy of a task's environment. Use as a context manager.
+
+    `failed` becomes True when the environment itself broke (a crashed server, a hang):
+    the rollout then ends the episode with finish_reason 'env_error'.
+    """
+
+    failed: bool = False
+
+    @abstractmethod
+    def tools(self) -> list[dict]:
+        """Every tool of this episode as OpenAI function schemas ({"type": "function", ...})."""
+
+    @abstractmethod
+    def invoke(self, name: str, arguments: dict) -> Any:
+        """Run a tool whose name and arguments were already checked; may raise."""
+
+    @abstractmethod
+    def snapshot(self) -> Any:
+        """The public state, as plain JSON data, comparable with `==` and `state_hash`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (processes, temp dirs)."""
+
+    def __enter__(self) -> Episode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tool_index(self) -> dict[str, dict]:
+        cached = getattr(self, "_tool_index", None)
+        if cached is None:
+            cached = {tool_name(t): t for t in self.tools()}
+            self._tool_index = cached
+        return cached
+
+    def call(self, name: Any, arguments: Any, offered: set[str] | None = None) -> CallOutcome:
+        """Execute a model's call. Never raises for the model's mistakes.
+
+        `offered` is the set of tool names the model may call now (withheld tools excluded);
+        None means every tool of the episode.
+        """
+        index = self.tool_index()
+        if not isinstance(name, str) or name not in index:
+            return CallOutcome(f"Error: unknown tool {name!r}", UNKNOWN_TOOL)
+        if offered is not None and name not in offered:
+            return CallOutcome(f"Error: tool {name!r} is not available", WITHHELD)
+        problem = check_arguments(index[name], arguments)
+        if problem:
+            return CallOutcome(f"Error: {problem}", BAD_ARGUMENTS)
+        try:
+            value = self.invoke(name, dict(arguments))
+        except Exception as exc:  # a tool's failure is the model's data, not our crash
+            return CallOutcome(f"Error: {type(exc).__name__}: {exc}", TOOL_ERROR)
+        return CallOutcome(format_result(value))
+
+
+class Environment(ABC):
+    """Makes isolated episodes from tasks of one family."""
+
+    family: str = ""
+
+    @abstractmethod
+    def reset(self, task: dict) -> Episode:
+        """A fresh episode in the task's initial state."""
+
+
+# family name -> "module:attribute"; imported on first use so optional extras stay optional
+FAMILIES: dict[str, str] = {
+    "builtin": "rodscli.envs.builtin:BuiltinEnvironment",
+    "bfcl": "rodscli.envs.bfcl:BFCLEnvironment",
+    "pyclass": "rodscli.envs.pyclass:PyClassEnvironment",
+    "mcp": "rodscli.envs.mcp:MCPEnvironment",
+}
+_INSTANCES: dict[str, Environment] = {}
+
+
+def environment_for(task: dict) -> Environment:
+    """The environment that runs `task` (one shared, stateless factory per family)."""
+    family = task["env"]
+    env = _INSTANCES.get(family)
+    if env is None:
+        module_name, _, attr = FAMILIES[family].partition(":")
+        env = getattr(importlib.import_module(module_name), attr)()
+        _INSTANCES[family] = env
+    return env
+
+
+def open_episode(task: dict) -> Episode:
+    return environment_for(task).reset(task)
+
+
+def offered_tools(task: dict, episode: Episode, turn: int) -> list[dict]:
+    """Tool schemas offered at user turn `turn`: the task's tools minus those still withheld."""
+    hidden = {w["tool"] for w in task.get("withheld", []) if w["turn"] > turn}
+    wanted = set(task["tools"]) if task.get("tools") else None
+    return [
+        t for t in episode.tools()
+        if tool_name(t) not in hidden and (wanted is None or tool_name(t) in wanted)
+    ]
+
+
+@dataclass
+class ReferenceTrace:
+    """The reference solution executed turn by turn on a fresh episode."""
+
+    results: list[list[str]] = field(default_factory=list)  # per turn, per call
+    errors: list[list[str | None]] = field(default_factory=list)
+    state_hashes: list[str] = field(default_factory=list)  # after each turn
+    snapshots: list[Any] = field(default_factory=list)  # after each turn
+
+    @property
+    def ok(self) -> bool:
+        return all(e is None for turn in self.errors for e in turn)
+
+
+def replay_reference(task: dict, keep_snapshots: bool = False) -> ReferenceTrace:
+    """Execute the task's reference calls turn by turn on a fresh episode."""
+    trace = ReferenceTrace()
+    with open_episode(task) as episode:
+        for turn, calls in enumerate(task["reference"]):
+            offered = {tool_name(t) for t in offered_tools(task, episode, turn)}
+            outcomes = [episode.call(c["name"], c["arguments"], offered) for c in calls]
+            trace.results.append([o.result or "" for o in outcomes])
+            trace.errors.append([o.error for o in outcomes])
+            snap = episode.snapshot()
+            trace.state_hashes.append(state_hash(snap))
+            if keep_snapshots:
+                trace.snapshots.append(snap)
+    return trace

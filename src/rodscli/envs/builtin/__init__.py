@@ -1,0 +1,84 @@
+"""Built-in domains: stateful simulators written in this project, the embedded default.
+
+Each domain is a plain Python class following the Python-class convention (public
+documented methods are tools, public attributes are state) and holding only JSON data, so
+a task's `initial_state` is the object's attributes as they are. An episode copies that
+dict (episodes never share state) and runs on the shared `ClassEpisode` core.
+
+    DOMAINS            domain name -> simulator class
+    BuiltinEnvironment the environment family "builtin"
+    seed_tasks(...)    the procedurally generated seed tasks (see seeds.py)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import orjson
+
+from rodscli.envs.base import Environment, Episode
+from rodscli.envs.builtin.retail import Retail
+from rodscli.envs.builtin.workspace import Workspace
+from rodscli.envs.pyclass import ClassEpisode, method_schema, public_methods
+from rodscli.errors import InputError
+
+DOMAINS: dict[str, type] = {"retail": Retail, "workspace": Workspace}
+
+
+@functools.cache
+def domain_tools(domain: str) -> tuple[dict, ...]:
+    """The OpenAI tool schemas of a domain, built once from its methods' signatures and docstrings."""
+    obj = DOMAINS[domain]()
+    return tuple(method_schema(n, m) for n, m in sorted(public_methods(obj).items()))
+
+
+@functools.cache
+def _state_keys(domain: str) -> frozenset[str]:
+    return frozenset(k for k in vars(DOMAINS[domain]()) if not k.startswith("_"))
+
+
+class BuiltinEpisode(ClassEpisode):
+    """A `ClassEpisode` whose state is pure JSON data, so its snapshot is one orjson round trip."""
+
+    def snapshot(self) -> dict:
+        return orjson.loads(orjson.dumps(
+            {name: {k: v for k, v in vars(obj).items() if not k.startswith("_")} for name, obj in self.instances.items()}
+        ))
+
+
+def new_episode(domain: str, state: dict) -> BuiltinEpisode:
+    """An episode of `domain` in (a private copy of) `state`."""
+    cls = DOMAINS.get(domain)
+    if cls is None:
+        raise InputError(f"unknown builtin domain {domain!r} (known: {', '.join(DOMAINS)})", field="domain")
+    unknown = set(state) - _state_keys(domain)
+    if unknown:
+        raise InputError(f"unknown {domain} state field(s): {', '.join(sorted(unknown))}", field="initial_state")
+    obj = cls()
+    # one serialize/parse round trip is a deep copy of JSON data several times faster than copy.deepcopy
+    for key, value in orjson.loads(orjson.dumps(state)).items():
+        setattr(obj, key, value)
+    return BuiltinEpisode({cls.__name__: obj}, list(domain_tools(domain)))
+
+
+class BuiltinEnvironment(Environment):
+    """Family "builtin": task["domain"] names the simulator, task["initial_state"] is its state."""
+
+    family = "builtin"
+
+    def reset(self, task: dict) -> Episode:
+        try:
+            return new_episode(task["domain"], task.get("initial_state") or {})
+        except InputError as exc:
+            exc.where = exc.where or task.get("id")
+            raise
+
+
+def seed_tasks(domain: str | None = None, seed: int = 0, per_skill: int | None = None) -> list[dict]:
+    """The built-in seed tasks of one domain (or all), deterministic in `seed`."""
+    from rodscli.envs.builtin.seeds import seed_tasks as _make
+
+    return _make(domain, seed, per_skill)
+
+
+__all__ = ["DOMAINS", "BuiltinEnvironment", "BuiltinEpisode", "domain_tools", "new_episode", "seed_tasks"]

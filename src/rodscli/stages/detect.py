@@ -1,0 +1,258 @@
+"""`rods detect`: scored rollouts -> per-task group statistics, zones and the boundary
+selection (DESIGN.md section 5). It costs no inference: it only reads rewards.
+
+Per group of G rollouts: n, mean r-bar, population variance, min, max, and
+phi = 4 r-bar (1 - r-bar), the Popoviciu (Bhatia-Davis) bound of the variance of a [0, 1]
+reward; GRPO's gradient vanishes on zero-variance groups and is largest where phi is.
+Zones: hard (r-bar < alpha_low), boundary (alpha_low <= r-bar <= alpha_high), mastered.
+The group-by is one vectorized polars query; from Parquet it scans only the seven columns
+it needs (never the token arrays).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+from rich import box
+from rich.table import Table
+
+from rodscli import records
+from rodscli.config import option
+from rodscli.errors import InputError, OptionError, ValidationError
+
+COLUMNS = {
+    "task_id": pl.String, "group_id": pl.String, "reward": pl.Float64, "skill": pl.String,
+    "domain": pl.String, "origin": pl.String, "iteration": pl.Int64,
+}
+REQUIRED = ("task_id", "reward", "skill")
+SKILLS = ("base", "miss_func", "miss_param", "long_context")
+ZONES = ("hard", "boundary", "mastered")
+# phi values equal up to float rounding (means 0.4 and 0.6) must tie, so ranking compares rounded phi
+_PHI_DIGITS = 12
+
+
+@dataclass
+class DetectConfig:
+    """Options of `rods detect`."""
+
+    alpha_low: float = option(0.20, help="Zone threshold alpha_low: mean reward below it is 'hard'.")
+    alpha_high: float = option(0.85, help="Zone threshold alpha_high: mean reward above it is 'mastered'; between the two (inclusive) is 'boundary'.")
+    top_m: int = option(32, help="Select at most M boundary groups (highest phi first) as synthesis seeds.")
+    quota_per_skill: int | None = option(None, help="At most this many selected groups per skill type; default: an even split, ceil(M / number of skills with boundary groups).")
+    refill: bool = option(True, help="Give slots that a skill cannot fill (fewer boundary groups than its quota) to the next best groups of other skills; --no-refill keeps the quota a hard cap.")
+    by: str = option("task_id", help="Group rollouts by task_id (default) or group_id.")
+    ema: float = option(0.5, help="History weight of the moving average with --previous: ema_mean = ema*previous ema_mean + (1-ema)*mean.")
+
+
+def _check(cfg: DetectConfig) -> None:
+    if not 0.0 <= cfg.alpha_low <= cfg.alpha_high <= 1.0:
+        raise OptionError(f"need 0 <= --alpha-low <= --alpha-high <= 1, got {cfg.alpha_low} and {cfg.alpha_high}")
+    if cfg.top_m < 0 or (cfg.quota_per_skill is not None and cfg.quota_per_skill < 0):
+        raise OptionError("--top-m and --quota-per-skill must be >= 0")
+    if cfg.by not in ("task_id", "group_id"):
+        raise OptionError(f"--by must be task_id or group_id, got {cfg.by!r}")
+    if not 0.0 <= cfg.ema <= 1.0:
+        raise OptionError(f"--ema must be in [0, 1], got {cfg.ema}")
+
+
+# ---------------------------------------------------------------------------------------
+# input
+
+
+def _with_columns(lf: pl.LazyFrame, present: Sequence[str], where: str) -> pl.LazyFrame:
+    """The seven detect columns, typed; optional ones missing from the input become null."""
+    missing = [c for c in REQUIRED if c not in present]
+    if missing:
+        raise InputError(f"scored rollouts lack column(s) {', '.join(missing)}", where=where)
+    return lf.select([
+        (pl.col(c) if c in present else pl.lit(None)).cast(t).alias(c) for c, t in COLUMNS.items()
+    ])
+
+
+def scan_scored(path: str, validate: bool = True) -> pl.LazyFrame:
+    """A lazy frame of the detect columns of a scored file. Parquet is scanned (column
+    pruning, streaming); JSONL is read through `records` (validated record by record)."""
+    if records.file_format(path) == "parquet":
+        if not os.path.isfile(path):
+            raise InputError("no such file", where=path)
+        lf = pl.scan_parquet(path)
+        try:
+            names = lf.collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise InputError(f"not a readable Parquet file ({exc})", where=path) from None
+        lf = _with_columns(lf, names, path)
+        if validate:
+            _check_columns(lf, path)
+        return lf
+    return frame_of(records.read_records(path, "scored", validate))
+
+
+def frame_of(rows: Iterable[dict]) -> pl.LazyFrame:
+    """The detect columns of in-memory scored records."""
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for r in rows:
+        for c, values in cols.items():
+            values.append(r.get(c))
+    return pl.DataFrame(cols, schema=COLUMNS).lazy()
+
+
+def _check_columns(lf: pl.LazyFrame, path: str) -> None:
+    """The column-level share of schema validation for a scanned file: no missing task id,
+    reward or skill, finite rewards, known skills. Names the first bad row."""
+    bad = (
+        pl.col("task_id").is_null() | pl.col("reward").is_null() | pl.col("reward").is_nan()
+        | pl.col("reward").is_infinite() | ~pl.col("skill").is_in(SKILLS).fill_null(False)
+    )
+    first = lf.with_row_index("row", offset=1).filter(bad).select("row", *REQUIRED).head(1).collect()
+    if first.height:
+        row = first.row(0, named=True)
+        field = next(c for c in REQUIRED if row[c] is None) if None in row.values() else (
+            "skill" if row["skill"] not in SKILLS else "reward")
+        raise ValidationError([(f"{path}:row {row['row']}", field, f"bad value {row[field]!r}")])
+
+
+# ---------------------------------------------------------------------------------------
+# statistics
+
+
+def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
+    """One row per group: n, mean, population variance, min, max, phi, zone, informative."""
+    other = "group_id" if cfg.by == "task_id" else "task_id"
+    mean = pl.col("mean").clip(0.0, 1.0)
+    stats = (
+        lf.group_by(cfg.by)
+        .agg(
+            pl.len().alias("n"),
+            pl.col("reward").mean().alias("mean"),
+            pl.col("reward").var(ddof=0).alias("var"),
+            pl.col("reward").min().alias("min"),
+            pl.col("reward").max().alias("max"),
+            # constant within a task; min() keeps the pick independent of row order
+            pl.col("skill").min(), pl.col("domain").min(), pl.col("origin").min(),
+            pl.col("iteration").max(),
+            pl.col(other).min().alias("_lo"), pl.col(other).max().alias("_hi"),
+        )
+        .with_columns(
+            # a group id shared by every row, else null (grouping a task over several groups)
+            pl.when(pl.col("_lo") == pl.col("_hi")).then(pl.col("_lo")).otherwise(None).alias(other),
+            pl.col("var").clip(lower_bound=0.0),
+            (4.0 * mean * (1.0 - mean)).alias("phi"),  # Popoviciu bound of a [0,1] reward's variance
+            pl.when(pl.col("mean") < cfg.alpha_low).then(pl.lit("hard"))
+            .when(pl.col("mean") > cfg.alpha_high).then(pl.lit("mastered"))
+            .otherwise(pl.lit("boundary")).alias("zone"),
+        )
+        .with_columns((pl.col("var") > 0).alias("informative"))
+        .drop("_lo", "_hi")
+        .sort("task_id", "group_id", nulls_last=True)
+    )
+    return stats.collect(engine="streaming")
+
+
+def select_boundary(groups: list[dict], cfg: DetectConfig) -> None:
+    """Mark the selected boundary groups in place: `selected` and `rank`.
+
+    Candidates are the boundary groups in order (phi desc, task_id, group_id). A first pass
+    takes each candidate whose skill is under its quota until M are taken; with refill, a
+    second pass gives the slots left to the next candidates in the same order. `rank` is the
+    position among the selected in that order (0 = highest phi).
+    """
+    for g in groups:
+        g["selected"], g["rank"] = False, None
+    order = sorted(
+        (g for g in groups if g["zone"] == "boundary"),
+        key=lambda g: (-round(g["phi"], _PHI_DIGITS), g["task_id"], g.get("group_id") or ""),
+    )
+    skills = {g["skill"] for g in order}
+    quota = cfg.quota_per_skill
+    if quota is None:
+        quota = math.ceil(cfg.top_m / len(skills)) if skills else 0
+    taken: dict[str, int] = {}
+    chosen: set[int] = set()
+    for i, g in enumerate(order):
+        if len(chosen) >= cfg.top_m:
+            break
+        if taken.get(g["skill"], 0) < quota:
+            taken[g["skill"]] = taken.get(g["skill"], 0) + 1
+            chosen.add(i)
+    if cfg.refill:
+        for i in range(len(order)):
+            if len(chosen) >= cfg.top_m:
+                break
+            chosen.add(i)
+    for rank, i in enumerate(sorted(chosen)):
+        order[i]["selected"], order[i]["rank"] = True, rank
+
+
+def _latest_key(group: dict) -> tuple[int, str]:
+    it = group.get("iteration")
+    return (-1 if it is None else it, group.get("group_id") or "")
+
+
+def add_history(groups: list[dict], previous: Iterable[dict] | None, ema: float) -> None:
+    """ema_mean, iterations_seen and zone_counts, carried on from the previous groups file."""
+    prev: dict[str, dict] = {}
+    for p in previous or ():
+        # several rows per task (grouped by group_id): the latest iteration carries the history
+        old = prev.get(p["task_id"])
+        if old is None or _latest_key(p) >= _latest_key(old):
+            prev[p["task_id"]] = p
+    for g in groups:
+        p = prev.get(g["task_id"])
+        counts = dict.fromkeys(ZONES, 0)
+        if p is None:
+            g["ema_mean"], g["iterations_seen"] = g["mean"], 1
+        else:
+            before = p.get("ema_mean")
+            before = p["mean"] if before is None else before
+            g["ema_mean"] = ema * before + (1.0 - ema) * g["mean"]
+            g["iterations_seen"] = p.get("iterations_seen", 1) + 1
+            counts.update(p.get("zone_counts") or {p["zone"]: 1})
+        counts[g["zone"]] += 1
+        g["zone_counts"] = counts
+
+
+def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,
+           previous: Iterable[dict] | None = None) -> list[dict]:
+    """Group records (schema group), sorted by task id: statistics, zone, history, selection."""
+    cfg = cfg or DetectConfig()
+    _check(cfg)
+    if isinstance(scored, pl.DataFrame):
+        scored = scored.lazy()
+    if isinstance(scored, pl.LazyFrame):
+        lf = _with_columns(scored, scored.collect_schema().names(), "scored rollouts")
+    else:
+        lf = frame_of(scored)
+    groups = group_stats(lf, cfg).to_dicts()
+    add_history(groups, previous, cfg.ema)
+    select_boundary(groups, cfg)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------
+# summary
+
+
+def summary_table(groups: Sequence[dict]) -> Table:
+    """Counts per skill and zone, the informative fraction and the selection, for stderr."""
+    table = Table(title=f"rods detect: {len(groups)} groups", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("skill", "n", *ZONES, "informative", "selected", "mean"):
+        table.add_column(name, justify="left" if name == "skill" else "right", no_wrap=True)
+    skills = sorted({g["skill"] for g in groups}, key=lambda s: (SKILLS.index(s) if s in SKILLS else len(SKILLS), s))
+
+    def row(label: str, rows: list[dict]) -> list[str]:
+        n = len(rows)
+        zones = [str(sum(g["zone"] == z for g in rows)) for z in ZONES]
+        informative = sum(g["informative"] for g in rows)
+        mean = sum(g["mean"] for g in rows) / n if n else float("nan")
+        return [label, str(n), *zones, f"{informative} ({informative / n:.0%})" if n else "0",
+                str(sum(g["selected"] for g in rows)), f"{mean:.3f}"]
+
+    for s in skills:
+        table.add_row(*row(s, [g for g in groups if g["skill"] == s]))
+    table.add_section()
+    table.add_row(*row("all", list(groups)), style="bold")
+    return table

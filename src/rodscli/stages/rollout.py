@@ -1,0 +1,312 @@
+"""`rods rollout`: G episodes of every task against its environment, token-in token-out.
+
+Each episode is a small state machine (`EpisodeRun`): it asks the backend for a reply to
+its token ids, appends the reply as produced, executes the `<tool_call>` blocks in its own
+environment episode, and inserts the tool results (or, after a reply without a tool call,
+the next scripted user turn) as a new segment. The engine keeps up to `batch_size`
+episodes in flight and sends all of their requests to the backend at once; a finished
+episode's place goes to the next one waiting. Records come out in task order, sample
+order, whatever order the episodes finished in.
+
+Limits per episode end it with a finish_reason: max_steps (assistant steps inside one user
+turn), max_tokens (the whole episode's token count, prompt included), timeout (wall clock),
+env_error (the environment broke). A backend that fails raises BackendError: no output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rodscli.config import option
+from rodscli.envs.base import (
+    ENV_ERROR,
+    PARSE_ERROR,
+    CallOutcome,
+    offered_tools,
+    open_episode,
+    state_hash,
+    tool_name,
+)
+from rodscli.errors import OptionError
+from rodscli.policy.base import BACKENDS, Backend, Generation, Request
+from rodscli.policy.chat import DEFAULT_SYSTEM_PROMPT, ChatFormat, Conversation, revealed_tools
+
+
+@dataclass
+class RolloutOptions:
+    """Options of `rods rollout`."""
+
+    group_size: int = option(4, help="Rollouts per task (G): one GRPO group per task.")
+    backend: str = option("hf", help="Policy backend: hf (transformers, CPU/CUDA), vllm (in-process, GPU) or openai (an OpenAI-compatible server).")
+    temperature: float = option(1.0, help="Sampling temperature (0 = greedy; log-probs are then reported at temperature 1).")
+    top_p: float = option(1.0, help="Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.")
+    max_new_tokens: int = option(256, help="Most tokens in one assistant reply (a reply cut off is closed and the episode goes on).")
+    max_steps_per_turn: int = option(8, help="Most assistant replies with tool calls inside one user turn (finish_reason max_steps).")
+    max_tokens: int = option(4096, help="Most tokens in a whole episode, prompt included (finish_reason max_tokens).")
+    timeout: float = option(600.0, help="Wall-clock seconds an episode may take (finish_reason timeout).")
+    batch_size: int = option(32, help="Episodes in flight at once; their replies are generated together.")
+    iteration: int | None = option(None, help="Loop iteration, recorded in each rollout and its group id.")
+    device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
+    system_prompt: str | None = option(None, help="System prompt for tasks that have none (default: rods' built-in prompt).")
+    base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL.")
+    served_model: str | None = option(None, help="openai backend: model name on the server (default: the --policy path).")
+    concurrency: int = option(16, help="openai backend: requests in flight at once.")
+    gpu_memory_utilization: float = option(0.85, help="vllm backend: fraction of GPU memory vLLM may use.")
+
+    def check(self) -> None:
+        if self.group_size < 1:
+            raise OptionError(f"--group-size must be at least 1, got {self.group_size}")
+        if self.backend not in BACKENDS:
+            raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("max_new_tokens", "max_steps_per_turn", "max_tokens", "batch_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise OptionError("--temperature must be >= 0 and --top-p in (0, 1]")
+        if self.timeout <= 0:
+            raise OptionError("--timeout must be positive")
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the run seed and an episode's coordinates (stable across runs)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def group_id(task: dict, iteration: int | None) -> str:
+    return task["id"] if iteration is None else f"{task['id']}@{iteration}"
+
+
+@dataclass
+class EpisodeRun:
+    """One episode in flight: its conversation, environment episode and bookkeeping."""
+
+    task: dict
+    sample_index: int
+    seed: int
+    opts: RolloutOptions
+    fmt: ChatFormat
+    episode: Any = None
+    conv: Conversation | None = None
+    turn: int = 0
+    step: int = 0
+    n_requests: int = 0
+    calls: list[dict] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    started: float = 0.0
+    t_generate: float = 0.0
+    t_env: float = 0.0
+    t_total: float = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        t = time.perf_counter()
+        self.episode = open_episode(self.task)
+        tools = offered_tools(self.task, self.episode, 0)
+        self.t_env += time.perf_counter() - t
+        system = self.task.get("system_prompt") or self.opts.system_prompt or DEFAULT_SYSTEM_PROMPT
+        self.conv = Conversation.start(self.fmt, system, tools, self.task["user_turns"][0])
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def request(self) -> Request | None:
+        """The next reply to ask for, or None when a limit ends the episode first."""
+        if time.perf_counter() - self.started > self.opts.timeout:
+            self.finish("timeout")
+            return None
+        # room for the reply and the end-of-turn token that closes a reply cut off
+        budget = min(self.opts.max_new_tokens, self.opts.max_tokens - len(self.conv) - len(self.fmt.eot_ids))
+        if budget < 1:
+            self.finish("max_tokens")
+            return None
+        self.n_requests += 1
+        return Request(list(self.conv.token_ids), budget, derive_seed(self.seed, self.n_requests))
+
+    def advance(self, gen: Generation) -> None:
+        """Take the model's reply: run its tool calls, then insert what comes next."""
+        text, parsed = self.conv.add_reply(gen.token_ids, gen.logprobs)
+        hit_budget = not gen.stopped and len(gen.token_ids) < self.opts.max_new_tokens
+        if parsed:
+            self._run_calls(parsed)
+            if self.done:
+                return
+            self.step += 1
+            if self.step >= self.opts.max_steps_per_turn:
+                self.finish("max_steps")
+                return
+            if hit_budget:
+                self.finish("max_tokens")
+                return
+            self._insert(lambda c: c.add_tool_results([(call["name"], call["result"] or "") for call in self.calls[-len(parsed):]]))
+            return
+        self.hashes.append(self._state_hash())
+        if self.turn + 1 >= len(self.task["user_turns"]):
+            self.finish("done")
+            return
+        if hit_budget:
+            self.finish("max_tokens")
+            return
+        nxt = self.turn + 1
+        new_tools = revealed_tools(self.task, self.episode, nxt)
+        if self._insert(lambda c: c.add_user(self.task["user_turns"][nxt], new_tools)):
+            self.turn, self.step = nxt, 0
+
+    def _run_calls(self, parsed: list) -> None:
+        t = time.perf_counter()
+        offered = {tool_name(s) for s in offered_tools(self.task, self.episode, self.turn)}
+        for call in parsed:
+            if call.error:
+                outcome = CallOutcome(f"Error: could not parse the tool call: {call.problem}", PARSE_ERROR)
+            else:
+                outcome = self.episode.call(call.name, call.arguments, offered)
+            self.calls.append({"turn": self.turn, "step": self.step, "name": call.name, "arguments": call.arguments,
+                               "raw": call.raw, "result": outcome.result, "error": outcome.error})
+            if outcome.error == ENV_ERROR or self.episode.failed:
+                self.t_env += time.perf_counter() - t
+                self.finish("env_error")
+                return
+        self.t_env += time.perf_counter() - t
+        if time.perf_counter() - self.started > self.opts.timeout:
+            self.finish("timeout")
+
+    def _insert(self, add: Callable[[Conversation], None]) -> bool:
+        """Append a segment unless it would pass max_tokens (then the episode ends there)."""
+        conv = self.conv
+        marks = (len(conv), len(conv.messages), len(conv.template_messages))
+        add(conv)
+        if len(conv) + 1 > self.opts.max_tokens:  # no room left for even one reply token
+            del conv.token_ids[marks[0]:], conv.logprobs[marks[0]:], conv.loss_mask[marks[0]:]
+            del conv.messages[marks[1]:], conv.template_messages[marks[2]:]
+            self.finish("max_tokens")
+            return False
+        return True
+
+    def _state_hash(self) -> str:
+        try:
+            return state_hash(self.episode.snapshot())
+        except Exception:  # a broken environment has no comparable state
+            return ""
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        if len(self.hashes) < self.turn + 1:  # the turn in progress was reached: record its state
+            self.hashes.append(self._state_hash())
+        self.finish_reason = reason
+        self.t_total = time.perf_counter() - self.started
+        self.close()
+
+    def close(self) -> None:
+        if self.episode is not None:
+            try:
+                self.episode.close()
+            finally:
+                self.episode = None
+
+    def record(self, backend: Backend, run_seed: int) -> dict:
+        gid = group_id(self.task, self.opts.iteration)
+        conv = self.conv
+        return {
+            "rollout_id": f"{gid}/{self.sample_index}",
+            "task_id": self.task["id"],
+            "group_id": gid,
+            "sample_index": self.sample_index,
+            "policy_id": backend.policy_id,
+            "backend": backend.name,
+            "iteration": self.opts.iteration,
+            "seed": self.seed,
+            "messages": conv.messages,
+            "calls": self.calls,
+            "token_ids": conv.token_ids,
+            "logprobs": conv.logprobs,
+            "loss_mask": conv.loss_mask,
+            "finish_reason": self.finish_reason,
+            "n_user_turns": len(self.task["user_turns"]),
+            "n_turns_reached": self.turn + 1,
+            "turn_state_hashes": self.hashes,
+            "n_calls": len(self.calls),
+            "n_model_tokens": sum(conv.loss_mask),
+            "timings": {"generate": round(self.t_generate, 4), "env": round(self.t_env, 4), "total": round(self.t_total, 4)},
+            "meta": {"run_seed": run_seed, "n_replies": self.n_requests},
+        }
+
+
+def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0) -> Iterator[dict]:
+    """Run G episodes per task; yield each rollout record as its episode finishes."""
+    opts.check()
+    fmt = ChatFormat(backend.tokenizer)
+    waiting = deque(
+        EpisodeRun(task, k, derive_seed(seed, task["id"], opts.iteration, k), opts, fmt)
+        for task in tasks for k in range(opts.group_size)
+    )
+    active: list[EpisodeRun] = []
+    try:
+        while waiting or active:
+            while waiting and len(active) < opts.batch_size:
+                run = waiting.popleft()
+                active.append(run)
+                run.start()
+            asking: list[tuple[EpisodeRun, Request]] = []
+            for run in active:
+                req = run.request()
+                if req is not None:
+                    asking.append((run, req))
+            if asking:
+                t = time.perf_counter()
+                gens = backend.generate([r for _, r in asking], fmt.stop_ids)
+                dt = time.perf_counter() - t
+                for (run, _), gen in zip(asking, gens, strict=True):
+                    run.t_generate += dt
+                    run.advance(gen)
+            still = []
+            for run in active:
+                if run.done:
+                    yield run.record(backend, seed)
+                else:
+                    still.append(run)
+            active = still
+    finally:
+        for run in active:
+            run.close()
+
+
+def rollout(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
+            on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Rollout records of every task's G episodes, in task order then sample order."""
+    out = []
+    for rec in iter_rollouts(tasks, backend, opts, seed):
+        out.append(rec)
+        if on_record is not None:
+            on_record(rec)
+    return in_task_order(out, tasks)
+
+
+def in_task_order(rollouts: list[dict], tasks: list[dict]) -> list[dict]:
+    order = {t["id"]: i for i, t in enumerate(tasks)}
+    return sorted(rollouts, key=lambda r: (order[r["task_id"]], r["sample_index"]))
+
+
+def load_backend(policy: str, opts: RolloutOptions) -> Backend:
+    """The backend `opts.backend` for checkpoint `policy` (heavy imports only when chosen)."""
+    from rodscli.policy.base import Sampling
+
+    sampling = Sampling(opts.temperature, opts.top_p)
+    if opts.backend == "hf":
+        from rodscli.policy.hf import HFBackend
+
+        return HFBackend(policy, sampling, device=opts.device)
+    if opts.backend == "vllm":
+        from rodscli.policy.vllm import VLLMBackend
+
+        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization)
+    from rodscli.policy.openai import OpenAIBackend
+
+    return OpenAIBackend(policy, sampling, base_url=opts.base_url, model=opts.served_model, concurrency=opts.concurrency)

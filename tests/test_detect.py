@@ -1,0 +1,204 @@
+"""`rods detect` on a hand-made scored file: statistics, zones, history and the quota selection."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from rodscli import records, schemas
+from rodscli.cli import main
+from rodscli.errors import InputError, OptionError, ValidationError
+from rodscli.stages.detect import DetectConfig, detect, scan_scored, summary_table
+
+# task id -> (skill, rewards of its group); hand-computed statistics below
+REWARDS = {
+    "t01": ("base", [0.0, 0.0, 0.0, 0.0]),
+    "t02": ("base", [1.0, 1.0, 1.0, 1.0]),
+    "t03": ("base", [0.0, 0.5, 0.5, 1.0]),
+    "t04": ("base", [0.25, 0.25, 0.75, 0.75]),
+    "t05": ("miss_func", [0.0, 1.0, 1.0, 1.0]),
+    "t06": ("miss_func", [0.0, 0.0, 0.0, 1.0]),
+    "t07": ("miss_param", [0.5, 0.5, 0.5, 0.5]),
+    "t08": ("long_context", [0.75, 1.0, 1.0, 1.0]),
+    "t09": ("base", [0.25, 0.0, 0.5, 0.25]),
+    "t10": ("miss_param", [0.0, 0.4]),
+    "t11": ("base", [0.85, 0.85]),
+}
+# task id -> (mean, population variance, phi = 4 m (1 - m), zone)
+EXPECTED = {
+    "t01": (0.0, 0.0, 0.0, "hard"),
+    "t02": (1.0, 0.0, 0.0, "mastered"),
+    "t03": (0.5, (0.25 + 0 + 0 + 0.25) / 4, 1.0, "boundary"),
+    "t04": (0.5, 0.0625, 1.0, "boundary"),
+    "t05": (0.75, (0.5625 + 3 * 0.0625) / 4, 0.75, "boundary"),
+    "t06": (0.25, (3 * 0.0625 + 0.5625) / 4, 0.75, "boundary"),
+    "t07": (0.5, 0.0, 1.0, "boundary"),
+    "t08": (0.9375, (0.1875**2 + 3 * 0.0625**2) / 4, 4 * 0.9375 * 0.0625, "mastered"),
+    "t09": (0.25, (0 + 0.0625 + 0.0625 + 0) / 4, 0.75, "boundary"),
+    "t10": (0.2, 0.04, 4 * 0.2 * 0.8, "boundary"),  # alpha_low itself is boundary
+    "t11": (0.85, 0.0, 4 * 0.85 * 0.15, "boundary"),  # alpha_high itself is boundary
+}
+
+
+def scored_rows(iteration: int = 3) -> list[dict]:
+    rows = []
+    for task_id, (skill, rewards) in REWARDS.items():
+        for i, r in enumerate(rewards):
+            group = f"{task_id}@{iteration}"
+            rows.append({
+                "rollout_id": f"{group}/{i}", "task_id": task_id, "group_id": group, "sample_index": i,
+                "policy_id": "p", "iteration": iteration, "messages": [], "calls": [],
+                "token_ids": [1, 2, 3], "logprobs": [0.0, -0.5, -0.1], "loss_mask": [0, 1, 1],
+                "finish_reason": "done", "n_user_turns": 1, "n_turns_reached": 1, "turn_state_hashes": ["h"],
+                "skill": skill, "origin": "seed", "domain": "bfcl", "reward": r, "reward_name": "progress",
+                "progress": r, "outcome": float(r == 1.0), "turn_scores": [int(r == 1.0)], "validity": 1.0,
+                "coverage": 1.0, "efficiency": 0.0, "name_precision": 1.0, "arg_accuracy": 1.0, "format_penalty": 0.0,
+            })
+    return rows
+
+
+def by_id(groups):
+    return {g["task_id"]: g for g in groups}
+
+
+def test_statistics_and_zones_match_the_hand_computed_numbers():
+    groups = detect(scored_rows())
+    assert [g["task_id"] for g in groups] == sorted(REWARDS)
+    for task_id, (mean, var, phi, zone) in EXPECTED.items():
+        g = by_id(groups)[task_id]
+        assert g["n"] == len(REWARDS[task_id][1])
+        assert g["mean"] == pytest.approx(mean, abs=1e-12)
+        assert g["var"] == pytest.approx(var, abs=1e-12)
+        assert g["phi"] == pytest.approx(phi, abs=1e-12)
+        assert g["zone"] == zone, task_id
+        assert g["informative"] == (var > 0)
+        assert (g["min"], g["max"]) == (min(REWARDS[task_id][1]), max(REWARDS[task_id][1]))
+        assert g["skill"] == REWARDS[task_id][0] and g["group_id"] == f"{task_id}@3" and g["iteration"] == 3
+        assert schemas.problems("group", g) == []
+
+
+def selected(groups):
+    return [g["task_id"] for g in sorted((g for g in groups if g["selected"]), key=lambda g: g["rank"])]
+
+
+def test_quota_selection():
+    rows = scored_rows()
+    # boundary by (phi desc, task_id): t03 t04 t07 (1.0), t05 t06 t09 (0.75), t10 (0.64), t11 (0.51)
+    # default quota with 3 skills in the boundary zone and M = 3: ceil(3/3) = 1 per skill
+    assert selected(detect(rows, DetectConfig(top_m=3))) == ["t03", "t07", "t05"]
+    # M = 5, quota 1: t03 t07 t05 by quota, then the two slots left go to t04 and t06
+    five = detect(rows, DetectConfig(top_m=5, quota_per_skill=1))
+    assert selected(five) == ["t03", "t04", "t07", "t05", "t06"]
+    assert [by_id(five)[t]["rank"] for t in ("t03", "t04", "t07", "t05", "t06")] == [0, 1, 2, 3, 4]
+    assert by_id(five)["t09"]["rank"] is None and not by_id(five)["t09"]["selected"]
+    # without refill the quota is a hard cap
+    assert selected(detect(rows, DetectConfig(top_m=5, quota_per_skill=1, refill=False))) == ["t03", "t07", "t05"]
+    # M = 4, default quota ceil(4/3) = 2: t03 t04 (base full), t07, t05
+    assert selected(detect(rows, DetectConfig(top_m=4))) == ["t03", "t04", "t07", "t05"]
+    # everything boundary fits: all 8, never a hard or mastered group
+    everything = detect(rows, DetectConfig(top_m=100))
+    assert selected(everything) == ["t03", "t04", "t07", "t05", "t06", "t09", "t10", "t11"]
+
+
+def test_thresholds_are_options():
+    groups = by_id(detect(scored_rows(), DetectConfig(alpha_low=0.3, alpha_high=0.7)))
+    assert [groups[t]["zone"] for t in ("t06", "t10", "t03", "t05", "t11")] == ["hard", "hard", "boundary", "mastered", "mastered"]
+    with pytest.raises(OptionError):
+        detect(scored_rows(), DetectConfig(alpha_low=0.9, alpha_high=0.5))
+    with pytest.raises(OptionError):
+        detect(scored_rows(), DetectConfig(by="skill"))
+
+
+def test_group_by_group_id_and_input_order_do_not_matter():
+    rows = scored_rows()
+    a = detect(rows, DetectConfig(by="group_id"))
+    b = detect(list(reversed(rows)), DetectConfig(by="group_id"))
+    assert a == detect(rows, DetectConfig(by="group_id"))  # deterministic
+    for x, y in zip(a, b, strict=True):  # order-free up to float summation order
+        assert {k: v for k, v in x.items() if not isinstance(v, float)} == {k: v for k, v in y.items() if not isinstance(v, float)}
+        assert [v for v in x.values() if isinstance(v, float)] == pytest.approx([v for v in y.values() if isinstance(v, float)])
+    assert len(a) == len(REWARDS) and all(g["group_id"] == f"{g['task_id']}@3" for g in a)
+    # two iterations grouped by task: one group, n doubled, no single group id
+    two = detect(scored_rows(3) + scored_rows(4))
+    g = by_id(two)["t03"]
+    assert g["n"] == 8 and g["group_id"] is None and g["iteration"] == 4
+    assert g["mean"] == pytest.approx(0.5) and g["var"] == pytest.approx(0.125)
+
+
+def test_history_from_previous_groups():
+    previous = [
+        {"task_id": "t03", "skill": "base", "n": 4, "mean": 0.2, "var": 0.1, "min": 0.0, "max": 0.5, "phi": 0.64,
+         "zone": "boundary", "informative": True, "selected": False, "rank": None, "iteration": 2,
+         "ema_mean": 0.3, "iterations_seen": 2, "zone_counts": {"hard": 1, "boundary": 1, "mastered": 0}},
+        {"task_id": "t01", "skill": "base", "n": 4, "mean": 0.1, "var": 0.01, "min": 0.0, "max": 0.2, "phi": 0.36,
+         "zone": "hard", "informative": True, "selected": False, "rank": None},
+    ]
+    groups = by_id(detect(scored_rows(), DetectConfig(ema=0.5), previous))
+    assert groups["t03"]["ema_mean"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.5)
+    assert groups["t03"]["iterations_seen"] == 3
+    assert groups["t03"]["zone_counts"] == {"hard": 1, "boundary": 2, "mastered": 0}
+    assert groups["t01"]["ema_mean"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.0)
+    assert groups["t01"]["zone_counts"] == {"hard": 2, "boundary": 0, "mastered": 0}
+    assert groups["t02"]["ema_mean"] == 1.0 and groups["t02"]["iterations_seen"] == 1
+    assert groups["t02"]["zone_counts"] == {"hard": 0, "boundary": 0, "mastered": 1}
+
+
+def test_parquet_scan_reads_only_the_detect_columns(tmp_path):
+    path = tmp_path / "scored.parquet"
+    records.write_records(path, scored_rows(), "scored")
+    lf = scan_scored(str(path))
+    assert lf.collect_schema().names() == ["task_id", "group_id", "reward", "skill", "domain", "origin", "iteration"]
+    assert "token_ids" not in lf.explain()
+    assert detect(lf) == detect(scored_rows())
+    # a file without the optional columns still works
+    bare = tmp_path / "bare.parquet"
+    pl.DataFrame({"task_id": ["a", "a"], "reward": [0.0, 1.0], "skill": ["base", "base"]}).write_parquet(bare)
+    (g,) = detect(scan_scored(str(bare)))
+    assert (g["mean"], g["var"], g["zone"], g["group_id"], g["domain"]) == (0.5, 0.25, "boundary", None, None)
+
+
+def test_bad_inputs_name_the_file_and_row(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"task_id": ["a", "a", "b"], "reward": [0.0, None, 1.0], "skill": ["base"] * 3}).write_parquet(bad)
+    with pytest.raises(ValidationError, match="reward: bad value None") as err:
+        scan_scored(str(bad))
+    assert err.value.where.endswith("bad.parquet:row 2")
+    nocol = tmp_path / "nocol.parquet"
+    pl.DataFrame({"task_id": ["a"], "skill": ["base"]}).write_parquet(nocol)
+    with pytest.raises(InputError, match="reward"):
+        scan_scored(str(nocol))
+    with pytest.raises(InputError, match="no such file"):
+        scan_scored(str(tmp_path / "missing.parquet"))
+
+
+def test_summary_table_counts():
+    from rich.console import Console
+
+    console = Console(width=140, record=True)
+    console.print(summary_table(detect(scored_rows(), DetectConfig(top_m=3))))
+    text = console.export_text()
+    # all: 11 groups, 1 hard, 8 boundary, 2 mastered, 8 informative, 3 selected
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[3:] if line.strip()}
+    assert rows["all"] == ["all", "11", "1", "8", "2", "7", "(64%)", "3", "0.522"]
+    assert rows["base"][:7] == ["base", "6", "1", "4", "1", "3", "(50%)"]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_cli_detect_end_to_end(tmp_path, capsys, suffix):
+    scored = tmp_path / f"scored{suffix}"
+    records.write_records(scored, scored_rows(), "scored")
+    out = tmp_path / "groups.jsonl"
+    args = ["detect", "--scored", str(scored), "--out", str(out), "--top-m", "5", "--quota-per-skill", "1"]
+    assert main(args) == 0
+    groups = records.read_all(out, "group")
+    assert selected(groups) == ["t03", "t04", "t07", "t05", "t06"]
+    for task_id, (mean, var, phi, zone) in EXPECTED.items():
+        g = by_id(groups)[task_id]
+        assert (g["mean"], g["var"], g["phi"], g["zone"]) == pytest.approx((mean, var, phi, zone), abs=1e-12)
+    err = capsys.readouterr().err
+    assert "boundary" in err and "informative" in err and "11 groups" in err
+    # the next iteration reads these groups as --previous
+    out2 = tmp_path / "groups2.parquet"
+    assert main(["-q", "detect", "--scored", str(scored), "--previous", str(out), "--out", str(out2)]) == 0
+    assert {g["iterations_seen"] for g in records.read_all(out2, "group")} == {2}
+    assert main(["detect", "--scored", str(scored), "--out", str(out), "--alpha-low", "2"]) == 2

@@ -1,0 +1,316 @@
+"""rods train-step: the GRPO formulas on hand-computed numbers, the loss and gradients against a
+direct implementation, dynamic filtering, learning direction, determinism, checkpoints, SFT, LoRA.
+
+Real tiny Llama models made in the test (random init, saved with save_pretrained); token ids
+are used directly, so no tokenizer is needed for the loss math.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from rodscli import grpo, records
+from rodscli.cli import main
+from rodscli.errors import InputError, OptionError
+from rodscli.stages import train as T
+
+VOCAB = 48
+
+
+def tiny_llama(path: Path, seed: int = 0) -> Path:
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("policy") / "p0")
+
+
+def scored_record(group: str, k: int, token_ids: list[int], loss_mask: list[int], reward: float, logprobs=None) -> dict:
+    """A complete scored record (validates against schemas/scored.json)."""
+    return {
+        "rollout_id": f"{group}/{k}", "task_id": group, "group_id": group, "sample_index": k, "policy_id": "tiny",
+        "messages": [], "calls": [], "token_ids": token_ids,
+        "logprobs": logprobs if logprobs is not None else [-3.0 if m else 0.0 for m in loss_mask],
+        "loss_mask": loss_mask, "finish_reason": "done", "n_user_turns": 1, "n_turns_reached": 1,
+        "turn_state_hashes": ["x"], "skill": "base", "reward": reward, "reward_name": "progress", "progress": reward,
+        "outcome": float(reward == 1.0), "turn_scores": [int(reward == 1.0)], "validity": 1.0, "coverage": reward,
+        "efficiency": 0.0, "name_precision": 1.0, "arg_accuracy": 1.0, "format_penalty": 0.0,
+    }
+
+
+def batch(groups: int = 3, size: int = 4, seed: int = 0, zero_variance: bool = False) -> list[dict]:
+    """Multi-turn-shaped episodes: prompt (mask 0), completion, tool output (mask 0), completion."""
+    rng = random.Random(seed)
+    out = []
+    for g in range(groups):
+        for k in range(size):
+            parts = [(0, rng.randint(3, 6)), (1, rng.randint(2, 7)), (0, rng.randint(1, 4)), (1, rng.randint(2, 6))]
+            mask = [m for m, n in parts for _ in range(n)]
+            ids = [rng.randrange(VOCAB) for _ in mask]
+            reward = 0.5 if zero_variance else float((k + g) % 2) * (1.0 if g % 2 else 0.5)
+            out.append(scored_record(f"g{g}", k, ids, mask, reward))
+    return out
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------
+# formulas on hand-computed numbers
+
+
+def test_group_advantages_hand_computed():
+    rewards = [1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 0.0]
+    groups = ["a"] * 4 + ["b"] * 2 + ["c"] * 2
+    adv, kept = grpo.group_advantages(rewards, groups, "none")
+    assert kept == [True] * 4 + [False] * 2 + [True] * 2  # b has zero variance: dropped
+    assert adv == pytest.approx([0.75, -0.25, -0.25, -0.25, 0, 0, 0.5, -0.5])
+    adv, _ = grpo.group_advantages(rewards, groups, "group", eps=0.0)
+    # group a: mean 0.25, sample std sqrt(0.75 / 3) = 0.5; group c: std sqrt(0.5) = 0.7071
+    assert adv == pytest.approx([1.5, -0.5, -0.5, -0.5, 0, 0, 0.5 / math.sqrt(0.5), -0.5 / math.sqrt(0.5)])
+    adv, _ = grpo.group_advantages(rewards, groups, "batch", eps=0.0)
+    # kept rewards 1, 0, 0, 0, 1, 0: mean 1/3, sample variance (4/9*2 + 1/9*4) / 5 = 4/15
+    std = math.sqrt(4 / 15)
+    assert adv == pytest.approx([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std, 0, 0, 0.5 / std, -0.5 / std])
+
+
+def test_sequence_weights_hand_computed():
+    assert grpo.sequence_weights([2, 6], "token-mean") == pytest.approx([1 / 8, 1 / 8])
+    assert grpo.sequence_weights([2, 6], "seq-mean-token-mean") == pytest.approx([1 / 4, 1 / 12])
+    assert grpo.sequence_weights([2, 6], "dr-grpo") == pytest.approx([1 / 12, 1 / 12])
+    assert grpo.sequence_weights([2, 6], "dr-grpo", dr_grpo_norm=10) == pytest.approx([1 / 20, 1 / 20])
+
+
+def test_policy_loss_clips_on_both_sides():
+    # ratios 1.5 (above 1 + 0.28), 0.5 (below 1 - 0.2), 1.1 (inside), for A = +1 and -1
+    ratio = torch.tensor([1.5, 0.5, 1.1, 1.5, 0.5, 1.1])
+    adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    logp = torch.zeros(6, requires_grad=True)
+    loss, stats = grpo.policy_loss(logp, -torch.log(ratio), adv, torch.ones(6))
+    # -min(rA, clip(r)A): A>0: -min(1.5,1.28), -min(.5,.8), -1.1 ; A<0: -min(-1.5,-1.28), -min(-.5,-.8), 1.1
+    expected = [-1.28, -0.5, -1.1, 1.5, 0.8, 1.1]
+    assert loss.item() == pytest.approx(sum(expected), rel=1e-6)
+    loss.backward()
+    # clipped tokens carry no gradient: d/dlogp (r A) = r A elsewhere
+    assert logp.grad.tolist() == pytest.approx([0.0, -0.5, -1.1, 1.5, 0.0, 1.1], rel=1e-6)
+    assert stats["clip_high"].tolist() == [1, 0, 0, 0, 0, 0]
+    assert stats["clip_low"].tolist() == [0, 0, 0, 0, 1, 0]
+
+
+def test_k3_kl_hand_computed():
+    logp = torch.tensor([math.log(0.5)], requires_grad=True)
+    ref = torch.tensor([math.log(0.25)])
+    loss, stats = grpo.policy_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1), ref_logp=ref, kl_coef=2.0)
+    k3 = 0.5 - math.log(0.5) - 1  # exp(ref - logp) - (ref - logp) - 1 with ref - logp = log 0.5
+    assert stats["kl"].item() == pytest.approx(k3, rel=1e-6)
+    assert loss.item() == pytest.approx(2.0 * k3, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# loss and gradients against a direct implementation of the formula
+
+
+def direct_grpo_loss(model, ref, seqs: list[T.Sequence], cfg: T.TrainOptions) -> torch.Tensor:
+    """GRPO written out sequence by sequence, token by token, from the full logits."""
+    per_seq = []
+    for s in seqs:
+        ids = torch.tensor([s.token_ids])
+        logits = model(input_ids=ids).logits[0].float()
+        ref_logits = ref(input_ids=ids).logits[0].float() if ref is not None else None
+        terms = []
+        for t in range(1, len(s.token_ids)):
+            if not s.loss_mask[t]:
+                continue
+            logp = torch.log_softmax(logits[t - 1], -1)[s.token_ids[t]]
+            ratio = torch.exp(logp - s.old_logprobs[t])
+            clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
+            term = -torch.min(ratio * s.advantage, clipped * s.advantage)
+            if ref is not None:
+                ref_logp = torch.log_softmax(ref_logits[t - 1], -1)[s.token_ids[t]]
+                term = term + cfg.kl_coef * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1)
+            terms.append(term)
+        per_seq.append(terms)
+    n_tokens = sum(len(t) for t in per_seq)
+    if cfg.loss_agg == "token-mean":
+        return sum(sum(t) for t in per_seq) / n_tokens
+    if cfg.loss_agg == "seq-mean-token-mean":
+        return sum(sum(t) / len(t) for t in per_seq) / len(per_seq)
+    return sum(sum(t) for t in per_seq) / (len(per_seq) * max(len(t) for t in per_seq))
+
+
+@pytest.mark.parametrize("agg,kl", [("token-mean", 0.0), ("seq-mean-token-mean", 0.0), ("dr-grpo", 0.0), ("token-mean", 0.5)])
+def test_loss_and_gradients_match_direct_formula(policy, tmp_path, agg, kl):
+    cfg = T.TrainOptions(loss_agg=agg, kl_coef=kl, micro_batch_tokens=24)  # several micro-batches
+    seqs, _ = T.sequences_from_scored(batch(groups=2, size=3, seed=1), cfg)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    direct = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    ref = tiny_llama(tmp_path / "ref", seed=7) if kl else None
+    ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32) if ref else None
+    # behaviour log-probs around the current ones, so the ratios fall on both sides of the clip range
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            logits = model(input_ids=torch.tensor([s.token_ids])).logits[0]
+            for t in range(1, len(s.token_ids)):
+                if s.loss_mask[t]:
+                    shift = [0.6, -0.6, 0.05, -0.05][(i + t) % 4]
+                    s.old_logprobs[t] = torch.log_softmax(logits[t - 1], -1)[s.token_ids[t]].item() + shift
+
+    module = grpo.TokenLogprobs(model)
+    ref_module = grpo.TokenLogprobs(ref_model) if ref_model is not None else None
+    stats = T.accumulate(module, ref_module, seqs, cfg, Accelerator(cpu=True))
+    assert T.micro_batches(seqs, cfg.micro_batch_tokens).__len__() > 1
+    assert stats["clip_frac_low"] > 0 and stats["clip_frac_high"] > 0
+
+    expected = direct_grpo_loss(direct, ref_model, seqs, cfg)
+    expected.backward()
+    assert stats["loss"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    grads = dict(direct.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+    if kl:
+        assert stats["kl"] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# the update
+
+
+def test_zero_variance_batch_performs_no_update(policy, tmp_path, capsys):
+    scored = tmp_path / "scored.jsonl"
+    records.write_records(scored, batch(zero_variance=True), "scored")
+    out = tmp_path / "p1"
+    assert main(["train-step", "--policy", str(policy), "--scored", str(scored), "--out", str(out)]) == 0
+    assert "no update" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == (policy / "model.safetensors").read_bytes()
+    [metrics] = records.read_all(out / "metrics.jsonl", "metrics")
+    assert metrics["updated"] is False and metrics["groups_dropped"] == 3 and metrics["groups_kept"] == 0
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def completion_logprob(model_dir: Path, rec: dict) -> float:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logp, _ = grpo.TokenLogprobs(model)(torch.tensor([rec["token_ids"]]), torch.ones(1, len(rec["token_ids"]), dtype=torch.long),
+                                           torch.tensor([rec["loss_mask"]]))
+    return logp.sum().item()
+
+
+def test_steps_raise_positive_and_lower_negative_completions(policy, tmp_path):
+    scored = batch(groups=2, size=4, seed=3)
+    adv, _ = grpo.group_advantages([r["reward"] for r in scored], [r["group_id"] for r in scored])
+    before = [completion_logprob(policy, r) for r in scored]
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    with torch.no_grad():
+        for r in scored:  # on-policy behaviour log-probs, as a rollout would record them
+            logp = torch.log_softmax(model(input_ids=torch.tensor([r["token_ids"]])).logits[0], -1)
+            r["logprobs"] = [0.0] + [logp[t - 1, x].item() if m else 0.0 for t, (x, m) in enumerate(zip(r["token_ids"], r["loss_mask"], strict=True)) if t > 0]
+    cfg = T.TrainOptions(lr=3e-3)
+    current = policy
+    for step in range(4):
+        out = tmp_path / f"p{step + 1}"
+        metrics = T.train_step(current, scored, out, cfg, seed=0)
+        current = out
+    assert metrics["step"] == 4 and metrics["extra"]["optimizer_restored"] is True
+    after = [completion_logprob(current, r) for r in scored]
+    for a, b0, b1 in zip(adv, before, after, strict=True):
+        assert (b1 - b0) * a > 0, (a, b0, b1)
+
+
+def test_same_inputs_and_seed_give_identical_weights(policy, tmp_path):
+    scored = batch(seed=4)
+    cfg = T.TrainOptions(lr=1e-3, ppo_epochs=2, mini_batches=2, micro_batch_tokens=80)
+    T.train_step(policy, scored, tmp_path / "a", cfg, seed=5)
+    T.train_step(policy, scored, tmp_path / "b", cfg, seed=5)
+    a, b = weights_of(tmp_path / "a"), weights_of(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lm_head.weight"], weights_of(policy)["lm_head.weight"])
+    state = json.loads((tmp_path / "a" / T.STATE_FILE).read_text())
+    assert state["step"] == 4  # 2 epochs x 2 mini-batches
+
+
+def test_micro_batching_does_not_change_the_update(policy, tmp_path):
+    scored = batch(seed=6)
+    T.train_step(policy, scored, tmp_path / "one", T.TrainOptions(lr=1e-3, micro_batch_tokens=100000), seed=0)
+    T.train_step(policy, scored, tmp_path / "many", T.TrainOptions(lr=1e-3, micro_batch_tokens=16), seed=0)
+    one, many = weights_of(tmp_path / "one"), weights_of(tmp_path / "many")
+    for k in one:
+        torch.testing.assert_close(one[k], many[k], rtol=1e-5, atol=1e-6)
+
+
+def test_shards_partition_deterministically():
+    seqs = [T.Sequence(f"s{i}", [1] * (3 + i % 5), [0, 1, 1] + [1] * (i % 5), [0.0] * (3 + i % 5)) for i in range(11)]
+    parts = [T.shard(seqs, r, 3) for r in range(3)]
+    assert sorted(s.key for p in parts for s in p) == sorted(s.key for s in seqs)
+    assert [[s.key for s in p] for p in parts] == [[s.key for s in T.shard(list(reversed(seqs)), r, 3)] for r in range(3)]
+    loads = [sum(len(s.token_ids) for s in p) for p in parts]
+    assert max(loads) - min(loads) <= 7
+    for mb in T.micro_batches(seqs, 20):
+        assert len(mb) == 1 or len(mb) * max(len(s.token_ids) for s in mb) <= 20
+
+
+# ---------------------------------------------------------------------------------------
+# CLI, checkpoints, SFT, LoRA
+
+
+def test_cli_writes_a_loadable_checkpoint_with_metrics(policy, tmp_path):
+    (tmp_path / "src").mkdir()
+    src = tiny_llama(tmp_path / "src" / "p")
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    scored = tmp_path / "scored.parquet"
+    records.write_records(scored, batch(seed=8), "scored")
+    out = tmp_path / "p1"
+    assert main(["--seed", "3", "train-step", "--policy", str(src), "--scored", str(scored), "--out", str(out),
+                 "--lr", "1e-3", "--kl-coef", "0.1", "--loss-agg", "seq-mean-token-mean"]) == 0
+    assert (out / "chat_template.jinja").read_text() == "{{ messages }}"
+    assert (out / T.OPTIMIZER_FILE).exists()
+    [metrics] = records.read_all(out / "metrics.jsonl", "metrics")
+    assert metrics["updated"] and metrics["step"] == 1 and metrics["groups_kept"] == 3
+    assert metrics["kl"] is not None and metrics["grad_norm"] > 0 and metrics["model_tokens"] > 0
+    assert records.read_provenance(out / "metrics.jsonl")["seed"] == 3
+    AutoModelForCausalLM.from_pretrained(out)
+    assert main(["train-step", "--policy", str(src), "--scored", str(scored), "--out", str(out), "--loss-agg", "nope"]) == 2
+    assert main(["train-step", "--policy", str(tmp_path), "--scored", str(scored), "--out", str(out)]) == 2
+    assert main(["train-step", "--policy", str(src), "--out", str(out), "--mode", "sft"]) == 2
+
+
+def test_bad_lengths_are_a_user_error(policy, tmp_path):
+    bad = batch(groups=1, size=2)
+    bad[1]["logprobs"] = bad[1]["logprobs"][:-1]
+    with pytest.raises(InputError, match="differ in length"):
+        T.train_step(policy, bad, tmp_path / "x", T.TrainOptions())
+    with pytest.raises(OptionError):
+        T.train_step(policy, bad, tmp_path / "x", T.TrainOptions(adv_scale="bogus"))
+
+
+def test_sft_raises_the_likelihood_of_reference_tokens(policy, tmp_path):
+    rendered = [{"task_id": r["task_id"] + str(r["sample_index"]), "token_ids": r["token_ids"], "loss_mask": r["loss_mask"]}
+                for r in batch(groups=2, size=2, seed=9)]
+    before = sum(completion_logprob(policy, r) for r in rendered)
+    metrics = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=5, lr=1e-2, batch_tokens=40), seed=0)
+    assert metrics["mode"] == "sft" and metrics["step"] >= 5 and metrics["clip_frac_low"] is None
+    after = sum(completion_logprob(tmp_path / "sft", r) for r in rendered)
+    assert after > before + 1.0
+
+
+def test_lora_update_is_merged_into_plain_weights(policy, tmp_path):
+    metrics = T.train_step(policy, batch(seed=10), tmp_path / "lora", T.TrainOptions(lr=1e-2, lora_r=4), seed=0)
+    assert metrics["updated"] and metrics["extra"]["lora_r"] == 4
+    base, tuned = weights_of(policy), weights_of(tmp_path / "lora")
+    assert set(base) == set(tuned)  # merged: no adapter keys, loads as the plain architecture
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], tuned["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"])  # not adapted
