@@ -145,7 +145,8 @@ def check_acceptance(task: dict, read_call: dict, mutation: dict) -> None:
     # 5. a read made at the end of turn t-1 counts for turn t's result check
     moved = None
     for t in range(1, n_turns):
-        if ref[t] and read_only(task, ref, t, 0) and others.count(trace.results[t][0]) == 1:
+        # (turn t-1 must have reference calls: a call in an empty turn fails it, see below)
+        if ref[t - 1] and ref[t] and read_only(task, ref, t, 0) and others.count(trace.results[t][0]) == 1:
             moved = t
             break
     assert moved is not None, f"{task['id']}: no turn starts with a read-only call"
@@ -163,28 +164,123 @@ def test_acceptance_pyclass():
                      {"name": "restock", "arguments": {"item": "kiwi", "qty": 1}})
 
 
+def eligible(task: dict) -> bool:
+    """Whether `check_acceptance` can build its trajectories on a task: the reference runs
+    without error, its last result is unique, and some turn after the first starts with a
+    read-only call whose result is unique (so moving or dropping it is observable)."""
+    trace = replay_reference(task)
+    ref = reference_turns(task)
+    if not trace.ok or not ref[-1] or task.get("withheld"):
+        return False
+    flat = [r for turn in trace.results for r in turn]
+    if flat.count(trace.results[-1][-1]) != 1:
+        return False
+    return any(ref[t - 1] and ref[t] and flat.count(trace.results[t][0]) == 1 and read_only(task, ref, t, 0)
+               for t in range(1, len(ref)))
+
+
 def test_acceptance_bfcl():
     from rodscli.envs import bfcl
 
-    tasks = [t for t in bfcl.load_tasks(["base"])[:40]
-             if "GorillaFileSystem" in t["env_config"]["involved_classes"] and t["reference"][-1]]
-    checked = 0
-    for task in tasks:
-        trace = replay_reference(task)
-        flat = [r for turn in trace.results for r in turn]
-        if flat.count(trace.results[-1][-1]) != 1:
-            continue
-        starts = [t for t in range(1, len(task["reference"]))
-                  if task["reference"][t] and flat.count(trace.results[t][0]) == 1
-                  and read_only(task, reference_turns(task), t, 0)]
-        if not starts:
-            continue
+    tasks = [t for t in bfcl.load_tasks(["base"])[:40] if "GorillaFileSystem" in t["env_config"]["involved_classes"]]
+    chosen = [t for t in tasks if eligible(t)][:2]
+    assert len(chosen) == 2
+    for task in chosen:
         check_acceptance(task, {"name": "pwd", "arguments": {}},
                          {"name": "touch", "arguments": {"file_name": "rods_extra_file.txt"}})
-        checked += 1
-        if checked == 2:
-            break
-    assert checked == 2
+
+
+# a harmless read and an unwanted state change per built-in domain (ids exist in every seed state)
+BUILTIN_PROBES = {
+    "retail": ({"name": "get_customer", "arguments": {"customer_id": "C-0001"}},
+               {"name": "restock", "arguments": {"product_id": "P-0001", "quantity": 1}}),
+    "workspace": ({"name": "read_file", "arguments": {"file_id": "F-0001"}},
+                  {"name": "create_folder", "arguments": {"name": "rods-extra"}}),
+}
+
+
+@pytest.mark.parametrize("domain", sorted(BUILTIN_PROBES))
+def test_acceptance_builtin(domain):
+    from rodscli.envs.builtin import seed_tasks
+
+    read_call, mutation = BUILTIN_PROBES[domain]
+    chosen = []
+    for task in seed_tasks(domain, per_skill=6):
+        if task["skill"] in {t["skill"] for t in chosen} or not eligible(task):
+            continue
+        # the probes are what they claim on this task: the read changes nothing, the write does
+        with open_episode(task) as ep:
+            before = state_hash(ep.snapshot())
+            assert ep.call(read_call["name"], read_call["arguments"]).error is None
+            assert state_hash(ep.snapshot()) == before
+            assert ep.call(mutation["name"], mutation["arguments"]).error is None
+            assert state_hash(ep.snapshot()) != before
+        check_acceptance(task, read_call, mutation)
+        chosen.append(task)
+    # base, miss_param and long_context (miss_func withholds a tool, which eligible() skips)
+    assert len(chosen) >= 3, [t["id"] for t in chosen]
+
+
+def check_empty_turns(task: dict, read_call: dict) -> None:
+    """A turn whose reference is empty (ask for the missing value / say the function is
+    missing) passes only when the agent makes no call in it; the other turns are unaffected."""
+    ref = reference_turns(task)
+    empty = [t for t, calls in enumerate(ref) if not calls]
+    assert empty, f"{task['id']}: no empty reference turn"
+    assert scored(task, ref)["turn_scores"] == [1] * len(ref)
+    for t in empty:
+        talkative = [list(calls) for calls in ref]
+        talkative[t].append(read_call)
+        assert scored(task, talkative)["turn_scores"] == [int(u != t) for u in range(len(ref))], (task["id"], t)
+        garbled = [list(calls) for calls in ref]
+        garbled[t].append({"raw": "<tool_call>{not json"})
+        assert scored(task, garbled)["turn_scores"][t] == 0
+
+
+@pytest.mark.parametrize("skill", ["miss_func", "miss_param"])
+def test_empty_reference_turns_bfcl(skill):
+    from rodscli.envs import bfcl
+
+    tasks = [t for t in bfcl.load_tasks([skill])[:30]
+             if "GorillaFileSystem" in t["env_config"]["involved_classes"] and replay_reference(t).ok]
+    for task in tasks[:2]:
+        check_empty_turns(task, {"name": "pwd", "arguments": {}})
+    assert len(tasks) >= 2
+
+
+@pytest.mark.parametrize("skill", ["miss_func", "miss_param"])
+@pytest.mark.parametrize("domain", sorted(BUILTIN_PROBES))
+def test_empty_reference_turns_builtin(domain, skill):
+    from rodscli.envs.builtin import seed_tasks
+
+    tasks = [t for t in seed_tasks(domain, per_skill=3) if t["skill"] == skill]
+    assert tasks
+    for task in tasks:
+        check_empty_turns(task, BUILTIN_PROBES[domain][0])
+
+
+def test_reference_is_replayed_once_per_task(monkeypatch):
+    """G rollouts of a task replay its reference once with the cache, G times without."""
+    from rodscli.envs.builtin import seed_tasks
+    from rodscli.stages import score as score_stage
+
+    tasks = seed_tasks("retail", per_skill=1)[:2] + [shop_task()]
+    group = 4
+    rollouts = [scripted_rollout(t, reference_turns(t), sample_index=i) for i in range(group) for t in tasks]
+    replays: list[str] = []
+    real = score_stage.replay_reference
+
+    def counting(task, *args, **kwargs):
+        replays.append(task["id"])
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(score_stage, "replay_reference", counting)
+    on = list(score(rollouts, tasks, ScoreConfig(cache=True)))
+    assert sorted(replays) == sorted(t["id"] for t in tasks)
+    replays.clear()
+    off = list(score(rollouts, tasks, ScoreConfig(cache=False)))
+    assert len(replays) == group * len(tasks)
+    assert on == off and {s["reward"] for s in on} == {1.0}
 
 
 def test_prove_components_by_hand():
