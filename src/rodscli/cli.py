@@ -30,6 +30,7 @@ from rodscli.policy.tiny import InitPolicyOptions
 from rodscli.stages import buffer as buffer_stage
 from rodscli.stages import detect as detect_stage
 from rodscli.stages import score as score_stage
+from rodscli.stages import tasks as tasks_stage
 from rodscli.stages.eval import EvalOptions
 from rodscli.stages.report import ReportOptions
 from rodscli.stages.rollout import RolloutOptions
@@ -145,11 +146,21 @@ def schema(name: str = typer.Argument(..., help="One of: task, rollout, scored, 
 # ---------------------------------------------------------------------------------------
 # tasks (issue 3)
 
+_Builtin = tasks_stage.BuiltinTasksOptions
 
 @tasks_app.command("builtin")
-def tasks_builtin() -> None:
-    """Write the built-in domains' seed tasks."""
-    not_built("tasks builtin", 3)
+def tasks_builtin(
+    out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
+    domain: str = typer.Option(None, "--domain", help=field_help(_Builtin, "domain")),
+    per_skill: int = typer.Option(field_default(_Builtin, "per_skill"), "--per-skill", help=field_help(_Builtin, "per_skill")),
+    profile: bool = typer.Option(field_default(_Builtin, "profile"), "--profile/--no-profile", help=field_help(_Builtin, "profile")),
+) -> None:
+    """Write the built-in domains' seed tasks (deterministic in the global --seed)."""
+    opts = _Builtin(domain=domain, per_skill=per_skill, profile=profile)
+    task_list = tasks_stage.builtin_tasks(opts, seed=Globals.seed)
+    n = records.write_records(out, task_list, "task", validate=Globals.validate,
+                              provenance_info=provenance([], domain=domain, per_skill=per_skill))
+    console.info(f"wrote {n} built-in seed tasks to {out}")
 
 
 @tasks_app.command("bfcl")
@@ -173,15 +184,39 @@ def tasks_bfcl(
 
 
 @tasks_app.command("replay")
-def tasks_replay() -> None:
-    """Replay every task's reference solution and check it."""
-    not_built("tasks replay", 3)
+def tasks_replay(
+    tasks: str = typer.Argument(..., metavar="TASKS", help="Task file (.jsonl, .parquet, or - for JSONL on stdin)."),
+) -> None:
+    """Replay every task's reference in fresh episodes, twice; print each failure as file:line: id: why."""
+    task_list = records.read_all(tasks, "task", Globals.validate)
+    report = tasks_stage.replay_tasks(task_list, tasks_stage.record_wheres(tasks, len(task_list)))
+    for failure in report.failures:
+        typer.echo(str(failure))
+    rate = 2 * report.n_calls / report.seconds if report.seconds else 0.0
+    summary = (f"{report.n_tasks - len(report.failures)}/{report.n_tasks} tasks replay "
+               f"({report.n_turns} turns, {report.n_calls} calls, twice in {report.seconds:.2f}s, {rate:,.0f} calls/s)")
+    if not report.ok:
+        console.console.print(f"[red]{len(report.failures)} task(s) fail[/red]: {summary}")
+        raise typer.Exit(2)
+    console.info(f"[green]ok[/green] {summary}")
 
 
 @tasks_app.command("stats")
-def tasks_stats() -> None:
-    """Counts by domain, skill and depth."""
-    not_built("tasks stats", 3)
+def tasks_stats(
+    tasks: str = typer.Argument(..., metavar="TASKS", help="Task file (.jsonl, .parquet, or - for JSONL on stdin)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as one JSON object instead of tables."),
+) -> None:
+    """Counts of tasks by domain, skill, dependency depth, user turns and reference calls."""
+    import orjson
+    from rich.console import Console
+
+    stats = tasks_stage.task_stats(records.read_all(tasks, "task", Globals.validate))
+    if as_json:
+        typer.echo(orjson.dumps(stats, option=orjson.OPT_NON_STR_KEYS).decode())
+        return
+    out = Console()
+    for table in tasks_stage.stats_tables(stats, title=f"{tasks}: "):
+        out.print(table)
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, render user errors, return the exit code."""
     Globals.command = ["rods", *(sys.argv[1:] if argv is None else argv)]
     try:
-        app(args=argv, prog_name="rods", standalone_mode=False)
+        code = app(args=argv, prog_name="rods", standalone_mode=False)
     except RodsError as exc:
         if Globals.debug:
             traceback.print_exc()
@@ -571,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         # point stdout at /dev/null so that the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    # without standalone mode, click returns a `typer.Exit(code)` raised by a command
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

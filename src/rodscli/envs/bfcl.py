@@ -13,7 +13,6 @@ as data (`ast.parse` + `ast.literal_eval` on the argument nodes), never evaluate
 from __future__ import annotations
 
 import ast
-import copy
 import importlib
 import importlib.util
 import inspect
@@ -388,12 +387,6 @@ def _state(value: Any) -> Any:
 
 class BFCLEpisode(ClassEpisode):
     """BFCL simulator instances; the snapshot is each class's public attributes."""
-
-    def invoke(self, name: str, arguments: dict) -> Any:
-        # The simulators keep argument objects in their state (post_tweet stores the
-        # `mentions` list, which `mention` later extends): pass private copies, so that a
-        # call never writes into the caller's record (a task's reference, a rollout's log).
-        return super().invoke(name, copy.deepcopy(arguments))
 
     def snapshot(self) -> dict:
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})

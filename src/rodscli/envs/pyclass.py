@@ -8,6 +8,7 @@ evaluated): the name is looked up in a dict built when the episode starts.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
@@ -149,6 +150,11 @@ class ClassEpisode(Episode):
         return self._schemas
 
     def invoke(self, name: str, arguments: dict) -> Any:
+        # Simulators may keep argument objects in their state (BFCL's post_tweet stores the
+        # `mentions` list, which `mention` later extends): containers are passed as private
+        # copies, so that a call never writes into the caller's record (a task, a rollout log).
+        if any(isinstance(v, list | dict) for v in arguments.values()):
+            arguments = copy.deepcopy(arguments)
         return self._methods[name](**arguments)
 
     def snapshot(self) -> dict:
@@ -168,7 +174,10 @@ def import_class(path: str) -> type:
 
 def load_state(obj: Any, config: dict, loader: str | None) -> None:
     """Put an object in its initial state: its loader method if named, else set attributes."""
+    config = copy.deepcopy(config)  # the object's state is its own: never the task record's dicts
     if loader:
+        if loader.startswith("__") or not callable(getattr(obj, loader, None)):
+            raise InputError(f"{type(obj).__name__} has no loader method {loader!r}", field="env_config.loader")
         getattr(obj, loader)(config)
         return
     for key, value in config.items():

@@ -1,0 +1,204 @@
+"""`rods tasks builtin | replay | stats`: make the built-in seed tasks, check that every
+task's reference solution replays, and count what a task file holds (DESIGN.md section 3).
+
+`replay_tasks` runs each reference twice on fresh episodes: once in file order and once,
+independently, in reverse order. A task passes when no reference call comes back with an
+error and both replays give the same result texts and the same state after every user
+turn; the reverse order catches state that leaks from one episode into the next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich import box
+from rich.table import Table
+
+from rodscli import console
+from rodscli.config import option
+from rodscli.envs.base import ReferenceTrace, replay_reference
+from rodscli.envs.builtin.seeds import PER_SKILL, SKILLS, seed_tasks
+from rodscli.errors import OptionError, RodsError
+
+# ---------------------------------------------------------------------------------------
+# rods tasks builtin
+
+
+@dataclass
+class BuiltinTasksOptions:
+    """Options of `rods tasks builtin`."""
+
+    domain: str | None = option(None, help="Only this built-in domain (retail or workspace); default: all.")
+    per_skill: int = option(PER_SKILL, help="Seed tasks per domain and skill type (base, miss_func, miss_param, "
+                            "long_context): the default gives 2 x 4 x 60 = 480 tasks.")
+    profile: bool = option(True, help="Compute each task's complexity profile Phi (replays the reference).")
+
+
+def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
+    """The built-in domains' seed tasks, deterministic in `seed`."""
+    if opts.per_skill < 1:
+        raise OptionError(f"--per-skill must be >= 1, got {opts.per_skill}", field="--per-skill")
+    tasks = seed_tasks(opts.domain, seed=seed, per_skill=opts.per_skill)
+    if not opts.profile:
+        for task in tasks:
+            task["profile"] = None
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------
+# rods tasks replay
+
+
+@dataclass
+class ReplayFailure:
+    """A task whose reference does not replay: where it is in its file, and why."""
+
+    where: str
+    task_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.task_id}: {self.message}"
+
+
+@dataclass
+class ReplayReport:
+    n_tasks: int = 0
+    n_turns: int = 0
+    n_calls: int = 0  # per replay
+    seconds: float = 0.0  # both replays
+    failures: list[ReplayFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _replay(task: dict) -> ReferenceTrace | str:
+    """The task's reference trace, or why it could not start (a bad task is a failure, not a crash)."""
+    try:
+        return replay_reference(task)
+    except RodsError as exc:
+        return f"cannot start an episode: {exc}"
+
+
+def _first_error(task: dict, trace: ReferenceTrace) -> str | None:
+    for turn, errors in enumerate(trace.errors):
+        for i, error in enumerate(errors):
+            if error is not None:
+                name = task["reference"][turn][i]["name"]
+                return f"turn {turn} call {i} ({name}): {error}: {trace.results[turn][i]}"
+    return None
+
+
+def _difference(first: ReferenceTrace, second: ReferenceTrace) -> str | None:
+    for turn, (a, b) in enumerate(zip(first.state_hashes, second.state_hashes, strict=True)):
+        if first.results[turn] != second.results[turn]:
+            return f"turn {turn}: a second replay gave other results"
+        if a != b:
+            return f"turn {turn}: the state after a second replay differs"
+    return None
+
+
+def replay_tasks(tasks: Sequence[dict], wheres: Sequence[str] | None = None) -> ReplayReport:
+    """Replay every task's reference twice (file order, then reverse order) and check it.
+
+    `wheres[i]` names task i in its file ('tasks.jsonl:12'); failures carry it.
+    """
+    wheres = list(wheres) if wheres is not None else [f"task {i + 1}" for i in range(len(tasks))]
+    report = ReplayReport(n_tasks=len(tasks))
+    start = time.perf_counter()
+    first: list[ReferenceTrace | str] = []
+    for task in console.progress(tasks, "replay"):
+        first.append(_replay(task))
+        report.n_turns += len(task["reference"])
+        report.n_calls += sum(len(calls) for calls in task["reference"])
+    problems: dict[int, str] = {}
+    for i in console.progress(range(len(tasks) - 1, -1, -1), "replay again", total=len(tasks)):
+        trace = first[i]
+        if isinstance(trace, str):
+            problems[i] = trace
+            continue
+        problem = _first_error(tasks[i], trace)
+        if problem is None:
+            again = _replay(tasks[i])
+            problem = again if isinstance(again, str) else _difference(trace, again)
+        if problem is not None:
+            problems[i] = problem
+    report.seconds = time.perf_counter() - start
+    report.failures = [ReplayFailure(wheres[i], str(tasks[i].get("id")), problems[i]) for i in sorted(problems)]
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# rods tasks stats
+
+
+def _depth(task: dict) -> int:
+    profile = task.get("profile")
+    if profile and "depth" in profile:
+        return int(profile["depth"])
+    from rodscli.profile import compute_profile
+
+    return int(compute_profile(task)["depth"])
+
+
+def task_stats(tasks: Sequence[dict]) -> dict[str, dict]:
+    """Counts of tasks by domain, skill, domain x skill, origin, dependency depth, user turns
+    and reference calls (depth from the task's profile, computed when it has none)."""
+    counts: dict[str, Counter] = {k: Counter() for k in ("domain", "skill", "domain_skill", "origin", "depth", "turns", "calls")}
+    for t in tasks:
+        counts["domain"][t.get("domain") or t.get("env")] += 1
+        counts["skill"][t.get("skill")] += 1
+        counts["domain_skill"][f"{t.get('domain') or t.get('env')}/{t.get('skill')}"] += 1
+        counts["origin"][t.get("origin") or "seed"] += 1
+        counts["depth"][_depth(t)] += 1
+        counts["turns"][len(t["user_turns"])] += 1
+        counts["calls"][sum(len(calls) for calls in t["reference"])] += 1
+    return {"n_tasks": len(tasks), **{k: dict(sorted(c.items(), key=_count_order)) for k, c in counts.items()}}
+
+
+def _count_order(item: tuple) -> tuple:
+    key = item[0]
+    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
+
+
+def _skill_order(skill: str) -> tuple[int, str]:
+    return (SKILLS.index(skill) if skill in SKILLS else len(SKILLS), skill)
+
+
+def stats_tables(stats: dict, title: str = "") -> list[Table]:
+    """The counts of `task_stats` as rich tables: domain x skill, then the distributions."""
+    skills = sorted(stats["skill"], key=_skill_order)
+    by_domain = Table(title=f"{title}{stats['n_tasks']} tasks by domain and skill", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+    by_domain.add_column("domain", no_wrap=True)
+    for s in (*skills, "all"):
+        by_domain.add_column(s, justify="right", no_wrap=True)
+    for d in sorted(stats["domain"]):
+        by_domain.add_row(d, *[str(stats["domain_skill"].get(f"{d}/{s}", 0)) for s in skills], str(stats["domain"][d]))
+    by_domain.add_section()
+    by_domain.add_row("all", *[str(stats["skill"][s]) for s in skills], str(stats["n_tasks"]), style="bold")
+
+    spread = Table(title="tasks by depth, turns, calls", title_justify="left",
+                   box=box.SIMPLE_HEAD, pad_edge=False)
+    spread.add_column("value", justify="right")
+    for k in ("depth", "turns", "calls"):
+        spread.add_column(k, justify="right")
+    values = sorted({int(v) for k in ("depth", "turns", "calls") for v in stats[k]})
+    for v in values:
+        spread.add_row(str(v), *[str(stats[k].get(v, stats[k].get(str(v), 0))) for k in ("depth", "turns", "calls")])
+    return [by_domain, spread]
+
+
+def record_wheres(path: str, n: int) -> list[str]:
+    """'file:line' (JSONL) or 'file:row N' (Parquet) of the `n` records of a task file."""
+    from rodscli import records
+
+    if path == "-":  # stdin was read once already: number the records
+        return [f"-:{i + 1}" for i in range(n)]
+    row = records.file_format(path) == "parquet"
+    return [f"{path}:row {i}" if row else f"{path}:{i}" for i, _ in records.iter_raw(path)]
