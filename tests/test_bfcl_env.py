@@ -143,6 +143,10 @@ def test_code_in_a_call_executes_nothing(tasks, tmp_path):
         assert out.error == UNKNOWN_TOOL
         out = ep.call("_load_scenario", {"scenario": {}})  # private methods are not tools
         assert out.error == UNKNOWN_TOOL
+        for name in ("__init__", "__class__", "__dict__", "_current_dir", "root.contents", "GorillaFileSystem.cd",
+                     "cd.__globals__", "cd()", "eval", "", None, ["cd"]):  # dunders, attribute paths, non-names
+            assert ep.call(name, {}).error == UNKNOWN_TOOL, name
+        assert ep.call("cd", f"__import__('os').system('touch {marker}')").error == BAD_ARGUMENTS
         out = ep.call("cd", {"folder": f"__import__('os').system('touch {marker}')"})
         assert out.error is None and "error" in out.result  # just a folder name that does not exist
         out = ep.call("cd", {"folder": "document", "x": 1})
