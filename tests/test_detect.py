@@ -202,3 +202,28 @@ def test_cli_detect_end_to_end(tmp_path, capsys, suffix):
     assert main(["-q", "detect", "--scored", str(scored), "--previous", str(out), "--out", str(out2)]) == 0
     assert {g["iterations_seen"] for g in records.read_all(out2, "group")} == {2}
     assert main(["detect", "--scored", str(scored), "--out", str(out), "--alpha-low", "2"]) == 2
+
+
+def test_contiguous_fast_path_agrees_with_the_hash_group_by():
+    import random
+
+    from rodscli.stages.detect import _runs_stats, frame_of
+
+    rows = scored_rows()
+    shuffled = random.Random(0).sample(rows, len(rows))
+    # rows written group by group take the segment path; shuffled rows need the hash group-by
+    assert _runs_stats(frame_of(rows).collect(), "task_id", "group_id") is not None
+    assert _runs_stats(frame_of(shuffled).collect(), "task_id", "group_id") is None
+    fast, hashed = detect(rows, DetectConfig(top_m=5)), detect(shuffled, DetectConfig(top_m=5))
+    assert [g["task_id"] for g in fast] == [g["task_id"] for g in hashed]
+    for x, y in zip(fast, hashed, strict=True):
+        assert {k: v for k, v in x.items() if not isinstance(v, float)} == {k: v for k, v in y.items() if not isinstance(v, float)}
+        assert [v for v in x.values() if isinstance(v, float)] == pytest.approx([v for v in y.values() if isinstance(v, float)])
+    # one task's rows contiguous but from two groups: no single group id, on both paths
+    two = [{**r, "group_id": f"{r['task_id']}@{r['sample_index'] % 2}"} for r in rows if r["task_id"] == "t03"]
+    assert _runs_stats(frame_of(two).collect(), "task_id", "group_id") is not None
+    assert detect(two)[0]["group_id"] is None and detect(list(reversed(two)))[0]["group_id"] is None
+    # a task whose skill changes inside its run is not a run: the hash path (min) decides
+    odd = [{**r, "skill": "base" if r["sample_index"] else "miss_func"} for r in rows if r["task_id"] == "t05"]
+    assert _runs_stats(frame_of(odd).collect(), "task_id", "group_id") is None
+    assert detect(odd)[0]["skill"] == "base"

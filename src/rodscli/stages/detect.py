@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 from rich import box
 from rich.table import Table
@@ -119,12 +120,50 @@ def _check_columns(lf: pl.LazyFrame, path: str) -> None:
 # statistics
 
 
-def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
-    """One row per group: n, mean, population variance, min, max, phi, zone, informative."""
-    other = "group_id" if cfg.by == "task_id" else "task_id"
-    mean = pl.col("mean").clip(0.0, 1.0)
-    stats = (
-        lf.group_by(cfg.by)
+def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
+    """The fast path, for the usual layout where each group's rows are contiguous (rollouts
+    are written group by group): segment sums with numpy's reduceat instead of hashing a
+    million string keys. None when the layout does not hold (a key appears in two runs, a
+    task's skill/domain/origin varies, null keys or rewards); the caller then hashes."""
+    if df.height == 0 or df[by].null_count() or df["reward"].null_count():
+        return None
+    changed = df.select(
+        [pl.col(c).ne_missing(pl.col(c).shift(1)).fill_null(True).alias(c) for c in (by, "skill", "domain", "origin", other)]
+    )
+    new_run = changed[by].to_numpy()
+    starts = np.flatnonzero(new_run)
+    keys = df[by].gather(starts)
+    if keys.n_unique() != len(starts):
+        return None
+    for c in ("skill", "domain", "origin"):
+        if (changed[c].to_numpy() & ~new_run).any():
+            return None
+    r = df["reward"].to_numpy()
+    n = np.diff(np.append(starts, len(r)))
+    mean = np.add.reduceat(r, starts) / n
+    dev = r - np.repeat(mean, n)  # two-pass variance: exact for the hand-computed cases
+    var = np.add.reduceat(dev * dev, starts) / n
+    it = df["iteration"]
+    lowest = np.iinfo(np.int64).min
+    it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
+    # the other id is kept when it is the same on every row of the group
+    mixed = np.logical_or.reduceat(changed[other].to_numpy() & ~new_run, starts)
+    return pl.DataFrame({
+        by: keys,
+        "n": pl.Series(n, dtype=pl.UInt32),
+        "mean": mean, "var": var,
+        "min": np.minimum.reduceat(r, starts), "max": np.maximum.reduceat(r, starts),
+        "skill": df["skill"].gather(starts), "domain": df["domain"].gather(starts),
+        "origin": df["origin"].gather(starts),
+        "iteration": pl.Series(it_max, dtype=pl.Int64).replace(lowest, None),
+        other: df[other].gather(starts).zip_with(pl.Series(~mixed), pl.Series([None] * len(starts), dtype=pl.String)),
+    })
+
+
+def _hashed_stats(lf: pl.LazyFrame, by: str, other: str) -> pl.DataFrame:
+    """The general path: a hash group-by, for rows in any order."""
+    return (
+        lf.group_by(by)
         .agg(
             pl.len().alias("n"),
             pl.col("reward").mean().alias("mean"),
@@ -136,9 +175,25 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
             pl.col("iteration").max(),
             pl.col(other).min().alias("_lo"), pl.col(other).max().alias("_hi"),
         )
+        # a group id shared by every row, else null (grouping a task over several groups)
+        .with_columns(pl.when(pl.col("_lo") == pl.col("_hi")).then(pl.col("_lo")).otherwise(None).alias(other))
+        .drop("_lo", "_hi")
+        .collect(engine="streaming")
+    )
+
+
+def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
+    """One row per group, sorted by task id: n, mean, population variance, min, max, phi,
+    zone, informative."""
+    other = "group_id" if cfg.by == "task_id" else "task_id"
+    df = lf.collect()
+    stats = _runs_stats(df, cfg.by, other)
+    if stats is None:
+        stats = _hashed_stats(df.lazy(), cfg.by, other)
+    mean = pl.col("mean").clip(0.0, 1.0)
+    return (
+        stats.lazy()
         .with_columns(
-            # a group id shared by every row, else null (grouping a task over several groups)
-            pl.when(pl.col("_lo") == pl.col("_hi")).then(pl.col("_lo")).otherwise(None).alias(other),
             pl.col("var").clip(lower_bound=0.0),
             (4.0 * mean * (1.0 - mean)).alias("phi"),  # Popoviciu bound of a [0,1] reward's variance
             pl.when(pl.col("mean") < cfg.alpha_low).then(pl.lit("hard"))
@@ -146,45 +201,47 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
             .otherwise(pl.lit("boundary")).alias("zone"),
         )
         .with_columns((pl.col("var") > 0).alias("informative"))
-        .drop("_lo", "_hi")
+        .select("task_id", "n", "mean", "var", "min", "max", "skill", "domain", "origin", "iteration",
+                "group_id", "phi", "zone", "informative")
         .sort("task_id", "group_id", nulls_last=True)
+        .collect()
     )
-    return stats.collect(engine="streaming")
 
 
-def select_boundary(groups: list[dict], cfg: DetectConfig) -> None:
-    """Mark the selected boundary groups in place: `selected` and `rank`.
+def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
+    """Add `selected` and `rank`: the top-M boundary groups by phi under a per-skill quota.
 
     Candidates are the boundary groups in order (phi desc, task_id, group_id). A first pass
     takes each candidate whose skill is under its quota until M are taken; with refill, a
     second pass gives the slots left to the next candidates in the same order. `rank` is the
     position among the selected in that order (0 = highest phi).
     """
-    for g in groups:
-        g["selected"], g["rank"] = False, None
-    order = sorted(
-        (g for g in groups if g["zone"] == "boundary"),
-        key=lambda g: (-round(g["phi"], _PHI_DIGITS), g["task_id"], g.get("group_id") or ""),
+    order = (
+        groups.with_row_index("_row")
+        .filter(pl.col("zone") == "boundary")
+        .with_columns(pl.col("phi").round(_PHI_DIGITS).alias("_phi"))
+        .sort(["_phi", "task_id", "group_id"], descending=[True, False, False], nulls_last=False)
     )
-    skills = {g["skill"] for g in order}
     quota = cfg.quota_per_skill
     if quota is None:
-        quota = math.ceil(cfg.top_m / len(skills)) if skills else 0
-    taken: dict[str, int] = {}
-    chosen: set[int] = set()
-    for i, g in enumerate(order):
-        if len(chosen) >= cfg.top_m:
-            break
-        if taken.get(g["skill"], 0) < quota:
-            taken[g["skill"]] = taken.get(g["skill"], 0) + 1
-            chosen.add(i)
-    if cfg.refill:
-        for i in range(len(order)):
-            if len(chosen) >= cfg.top_m:
-                break
-            chosen.add(i)
-    for rank, i in enumerate(sorted(chosen)):
-        order[i]["selected"], order[i]["rank"] = True, rank
+        n_skills = order["skill"].n_unique()
+        quota = math.ceil(cfg.top_m / n_skills) if n_skills else 0
+    # first pass: the k-th candidate of a skill (in order) is under quota iff k < quota
+    under = pl.int_range(pl.len()).over("skill") < quota
+    order = order.with_columns((under & (under.cum_sum() <= cfg.top_m)).alias("_first"))
+    left = cfg.top_m - int(order["_first"].sum()) if cfg.refill else 0
+    rest = ~pl.col("_first")
+    order = order.with_columns((pl.col("_first") | (rest & (rest.cum_sum() <= left))).alias("selected"))
+    order = order.with_columns(
+        pl.when(pl.col("selected")).then(pl.col("selected").cum_sum() - 1).cast(pl.Int64).alias("rank")
+    )
+    return (
+        groups.with_row_index("_row")
+        .join(order.select("_row", "selected", "rank"), on="_row", how="left")
+        .sort("_row")
+        .with_columns(pl.col("selected").fill_null(False))
+        .drop("_row")
+    )
 
 
 def _latest_key(group: dict) -> tuple[int, str]:
@@ -192,32 +249,41 @@ def _latest_key(group: dict) -> tuple[int, str]:
     return (-1 if it is None else it, group.get("group_id") or "")
 
 
-def add_history(groups: list[dict], previous: Iterable[dict] | None, ema: float) -> None:
-    """ema_mean, iterations_seen and zone_counts, carried on from the previous groups file."""
+def add_history(groups: pl.DataFrame, previous: Iterable[dict] | None, ema: float) -> pl.DataFrame:
+    """Add ema_mean, iterations_seen and zone_counts, carried on from the previous groups."""
     prev: dict[str, dict] = {}
     for p in previous or ():
         # several rows per task (grouped by group_id): the latest iteration carries the history
         old = prev.get(p["task_id"])
         if old is None or _latest_key(p) >= _latest_key(old):
             prev[p["task_id"]] = p
-    for g in groups:
-        p = prev.get(g["task_id"])
+    cols: dict[str, list] = {"task_id": [], "_ema": [], "_seen": [], **{f"_{z}": [] for z in ZONES}}
+    for task_id, p in prev.items():
         counts = dict.fromkeys(ZONES, 0)
-        if p is None:
-            g["ema_mean"], g["iterations_seen"] = g["mean"], 1
-        else:
-            before = p.get("ema_mean")
-            before = p["mean"] if before is None else before
-            g["ema_mean"] = ema * before + (1.0 - ema) * g["mean"]
-            g["iterations_seen"] = p.get("iterations_seen", 1) + 1
-            counts.update(p.get("zone_counts") or {p["zone"]: 1})
-        counts[g["zone"]] += 1
-        g["zone_counts"] = counts
+        counts.update(p.get("zone_counts") or {p["zone"]: 1})
+        cols["task_id"].append(task_id)
+        cols["_ema"].append(p["mean"] if p.get("ema_mean") is None else p["ema_mean"])
+        cols["_seen"].append(p.get("iterations_seen") or 1)
+        for z in ZONES:
+            cols[f"_{z}"].append(counts[z])
+    before = pl.DataFrame(cols, schema={"task_id": pl.String, "_ema": pl.Float64, "_seen": pl.Int64,
+                                        **{f"_{z}": pl.Int64 for z in ZONES}})
+    seen = pl.col("_seen").is_not_null()
+    return (
+        groups.join(before, on="task_id", how="left", maintain_order="left")
+        .with_columns(
+            # ema_mean = ema * previous ema_mean + (1 - ema) * mean; the first time: the mean
+            pl.when(seen).then(ema * pl.col("_ema") + (1.0 - ema) * pl.col("mean")).otherwise(pl.col("mean")).alias("ema_mean"),
+            (pl.col("_seen").fill_null(0) + 1).alias("iterations_seen"),
+            pl.struct(*[(pl.col(f"_{z}").fill_null(0) + (pl.col("zone") == z).cast(pl.Int64)).alias(z) for z in ZONES]).alias("zone_counts"),
+        )
+        .drop("_ema", "_seen", *[f"_{z}" for z in ZONES])
+    )
 
 
-def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,
-           previous: Iterable[dict] | None = None) -> list[dict]:
-    """Group records (schema group), sorted by task id: statistics, zone, history, selection."""
+def detect_frame(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,
+                 previous: Iterable[dict] | None = None) -> pl.DataFrame:
+    """The group records as a frame (one row per group, sorted by task id)."""
     cfg = cfg or DetectConfig()
     _check(cfg)
     if isinstance(scored, pl.DataFrame):
@@ -226,10 +292,14 @@ def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConf
         lf = _with_columns(scored, scored.collect_schema().names(), "scored rollouts")
     else:
         lf = frame_of(scored)
-    groups = group_stats(lf, cfg).to_dicts()
-    add_history(groups, previous, cfg.ema)
-    select_boundary(groups, cfg)
-    return groups
+    groups = add_history(group_stats(lf, cfg), previous, cfg.ema)
+    return select_boundary(groups, cfg)
+
+
+def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,
+           previous: Iterable[dict] | None = None) -> list[dict]:
+    """Group records (schema group), sorted by task id: statistics, zone, history, selection."""
+    return detect_frame(scored, cfg, previous).to_dicts()
 
 
 # ---------------------------------------------------------------------------------------
