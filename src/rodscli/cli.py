@@ -30,6 +30,7 @@ from rodscli.policy.tiny import InitPolicyOptions
 from rodscli.stages import buffer as buffer_stage
 from rodscli.stages import detect as detect_stage
 from rodscli.stages import score as score_stage
+from rodscli.stages import synthesize as synth_stage
 from rodscli.stages import tasks as tasks_stage
 from rodscli.stages.eval import EvalOptions
 from rodscli.stages.report import ReportOptions
@@ -365,10 +366,58 @@ def detect(
 # synthesize and merge-buffer (issue 6)
 
 
+_Synth = synth_stage.SynthesizeOptions
+
+
+def _synth_opt(name: str, *flags: str):
+    return typer.Option(field_default(_Synth, name), *flags, help=field_help(_Synth, name))
+
+
 @app.command()
-def synthesize() -> None:
-    """Synthesize new verified tasks shaped like the selected boundary tasks."""
-    not_built("synthesize", 6)
+def synthesize(
+    out: str = typer.Option(..., "--out", "-o", help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
+    groups: str = typer.Option(None, "--groups", help="Groups from `rods detect`: the selected ones (by rank) are the seeds."),
+    tasks: str = typer.Option(None, "--tasks", help="Tasks the groups were rolled out on (seeds are looked up here and in --buffer)."),
+    buffer: str = typer.Option(None, "--buffer", help="The current buffer: more tasks to look seeds up in and to check near-duplicates against."),
+    seeds: str = typer.Option(None, "--seeds", help="Synthesize from every task of this file directly (instead of --groups)."),
+    per_seed: int = _synth_opt("per_seed", "--per-seed"),
+    iteration: int = _synth_opt("iteration", "--iteration"),
+    writer: str = _synth_opt("writer", "--writer"),
+    tolerance: float = _synth_opt("tolerance", "--tolerance"),
+    max_jaccard: float = _synth_opt("max_jaccard", "--max-jaccard"),
+    attempts: int = _synth_opt("attempts", "--attempts"),
+    repairs: int = _synth_opt("repairs", "--repairs"),
+) -> None:
+    """Synthesize new verified tasks shaped like the selected boundary tasks.
+
+    Each seed's reference is read as a plan over the API dependency graph; variants are
+    grounded in new worlds, executed, written, and kept only when they replay, match the
+    seed's profile and are no near-duplicate. Rejections are counted by reason on stderr.
+    """
+    if (groups is None) == (seeds is None):
+        raise RodsError("give exactly one of --groups (with --tasks and/or --buffer) and --seeds", field="--groups")
+    if groups is not None and tasks is None and buffer is None:
+        raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
+    opts = _Synth(per_seed=per_seed, iteration=iteration, writer=writer, tolerance=tolerance, max_jaccard=max_jaccard,
+                  attempts=attempts, repairs=repairs, seed=Globals.seed)
+    known: list[dict] = []
+    if tasks:
+        known += records.read_all(tasks, "task", Globals.validate)
+    if buffer:
+        known += [buffer_stage.task_of(e) for e in records.read_all(buffer, "buffer", Globals.validate)]
+    if seeds is not None:
+        seed_list = records.read_all(seeds, "task", Globals.validate)
+        known += seed_list
+    else:
+        by_id = {t["id"]: t for t in known}
+        seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
+    candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress)
+    inputs = [p for p in (groups, tasks, buffer, seeds) if p]
+    records.write_records(out, candidates, "task", validate=Globals.validate,
+                          provenance_info=provenance(inputs, iteration=iteration, synthesis=stats))
+    rejected = ", ".join(f"{k}={v}" for k, v in stats["rejected"].items())
+    console.info(f"synthesize: {len(seed_list)} seed(s), {stats['accepted']}/{stats['requested']} variants accepted "
+                 f"in {stats['attempted']} attempts; rejected: {rejected} -> {out}")
 
 
 _Merge = buffer_stage.MergeOptions
