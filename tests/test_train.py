@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,3 +318,53 @@ def test_lora_update_is_merged_into_plain_weights(policy, tmp_path):
     assert set(base) == set(tuned)  # merged: no adapter keys, loads as the plain architecture
     assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], tuned["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"])  # not adapted
+
+
+# ---------------------------------------------------------------------------------------
+# scale out: the same command under `accelerate launch` with two CPU processes (gloo)
+
+
+def launch_two_processes(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m rodscli.cli ...` on CPU (torchrun + gloo)."""
+    with socket.socket() as s:  # a free rendezvous port: other runs may hold the default one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / "hf"), "CUDA_VISIBLE_DEVICES": ""}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "rodscli.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_give_the_single_process_update(policy, tmp_path):
+    # step 1: 12 sequences, 2 optimizer steps, several micro-batches per process, KL to the input policy
+    first = batch(groups=3, size=4, seed=12)
+    # step 2 (from step 1's checkpoint, restoring its AdamW state): 3 sequences, one per optimizer
+    # step, so one process has nothing to do in every step and runs a zero-weight stand-in
+    second = batch(groups=1, size=3, seed=13)
+    records.write_records(tmp_path / "first.jsonl", first, "scored")
+    records.write_records(tmp_path / "second.jsonl", second, "scored")
+    opts1 = ["--lr", "1e-3", "--mini-batches", "2", "--micro-batch-tokens", "40", "--kl-coef", "0.1"]
+    opts2 = ["--lr", "1e-3", "--mini-batches", "3"]
+    for scored, src, out, opts in (("first.jsonl", policy, "ddp1", opts1), ("second.jsonl", tmp_path / "ddp1", "ddp2", opts2)):
+        run = launch_two_processes(["--seed", "4", "train-step", "--policy", str(src), "--scored", scored, "--out", out, *opts], tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stderr.count(f"-> {out}") == 1  # only the main process reports
+    cfg1 = T.TrainOptions(lr=1e-3, mini_batches=2, micro_batch_tokens=40, kl_coef=0.1)
+    one1 = T.train_step(policy, first, tmp_path / "one1", cfg1, seed=4)
+    one2 = T.train_step(tmp_path / "one1", second, tmp_path / "one2", T.TrainOptions(lr=1e-3, mini_batches=3), seed=4)
+    for ddp, one, single in (("ddp1", "one1", one1), ("ddp2", "one2", one2)):
+        [metrics] = records.read_all(tmp_path / ddp / "metrics.jsonl", "metrics")
+        assert metrics["extra"]["processes"] == 2 and single["extra"]["processes"] == 1
+        assert metrics["step"] == single["step"] and metrics["loss"] == pytest.approx(single["loss"], rel=1e-5, abs=1e-7)
+        assert metrics["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+        a, b = weights_of(tmp_path / ddp), weights_of(tmp_path / one)
+        assert not torch.equal(a["lm_head.weight"], weights_of(policy)["lm_head.weight"])
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert one2["extra"]["optimizer_restored"] and records.read_all(tmp_path / "ddp2" / "metrics.jsonl", "metrics")[0]["extra"]["optimizer_restored"]
+    sa = torch.load(tmp_path / "ddp2" / T.OPTIMIZER_FILE, weights_only=True)["state"]
+    sb = torch.load(tmp_path / "one2" / T.OPTIMIZER_FILE, weights_only=True)["state"]
+    for i in sa:
+        torch.testing.assert_close(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], rtol=1e-4, atol=1e-12)

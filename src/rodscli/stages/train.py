@@ -316,7 +316,6 @@ def load_model(policy: str | Path, device: torch.device):
 
 
 def _param_signature(model) -> list[list]:
-
     return [[n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -384,9 +383,10 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
 
     from rodscli import grpo
 
-
     start = time.perf_counter()
     accelerator = _accelerator()
+    if not accelerator.is_main_process:
+        console.VERBOSITY = min(console.VERBOSITY, 0)  # one process reports; the others stay quiet
     torch.manual_seed(seed)
     state = read_state(policy)
     model = load_model(policy, accelerator.device)
