@@ -636,7 +636,8 @@ def _batches(records: Iterable[dict]) -> Iterator[list[dict]]:
         yield batch
 
 
-def _write_parquet(tmp: str, records: Iterable[dict], schema: str | None, meta: dict[bytes, bytes], extras: bool) -> int:
+def _write_parquet(tmp: str, records: Iterable[dict], schema: str | None, meta: dict[bytes, bytes], extras: bool,
+                   where: str) -> int:
     batches = _batches(records)
     first_batch = next(batches, [])
     arrow_schema, json_cols = parquet_layout(schema, first_batch[0] if first_batch else None)
@@ -662,7 +663,7 @@ def _write_parquet(tmp: str, records: Iterable[dict], schema: str | None, meta: 
             try:
                 table = pa.Table.from_pydict(cols, schema=arrow_schema)
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                raise RodsError(f"records {n + 1}..{n + len(batch)} do not fit the {schema} Parquet layout ({exc})", where=tmp) from None
+                raise RodsError(f"records {n + 1}..{n + len(batch)} do not fit the {schema} Parquet layout ({exc})", where=where) from None
             writer.write_table(table)
             n += len(batch)
     return n
@@ -702,7 +703,7 @@ def write_records(
     try:
         if fmt == "parquet":
             meta = {_META_PROVENANCE: orjson.dumps(info), _META_SCHEMA: (schema or "").encode()}
-            n = _write_parquet(target.tmp, checked, schema, meta, extras=not validate)
+            n = _write_parquet(target.tmp, checked, schema, meta, extras=not validate, where=path)
         else:
             with open(target.tmp, "wb") as fh:
                 n = _write_jsonl(fh, checked)
