@@ -28,7 +28,9 @@ sequences below 0.7 against every known task and every accepted candidate
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,15 +60,31 @@ class SynthesizeOptions:
     max_jaccard: float = option(0.7, help="Reject a candidate whose call-sequence Jaccard similarity to a known task or accepted candidate is at least this.")
     attempts: int = option(6, help="Attempts per requested variant (each on a new world) before giving up on it.")
     repairs: int = option(4, help="Re-groundings of one failing call within an attempt (bounded repair).")
+    swap: float = option(0.3, help="Chance that a leaf step (nothing flows in or out) is done by another tool of its class, drawn from the API graph.")
     seed: int = option(0, help="Seed of the world, entity and wording choices.")
 
 
 # ------------------------------------------------------------------------------- JSON paths
 
 
+_FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 def _is_collection(node: Any) -> bool:
-    """A dict whose values are all records (dicts): its keys are entity ids, a wildcard level."""
-    return isinstance(node, dict) and bool(node) and all(isinstance(v, dict) for v in node.values())
+    """A dict keyed by entities (a wildcard level), not a record keyed by field names.
+
+    Either every value is a record (customers by id, a folder's contents), or every value
+    has one scalar type and some key is data rather than a field name (a name -> id map,
+    discount codes -> percent, product ids -> quantity).
+    """
+    if not isinstance(node, dict) or not node:
+        return False
+    values = list(node.values())
+    if all(isinstance(v, dict) for v in values):
+        return True
+    first = type(values[0])
+    return first in (str, int, float) and all(type(v) is first for v in values) and \
+        any(not (isinstance(k, str) and _FIELD.match(k)) for k in node)
 
 
 def find_paths(root: Any, value: Any, limit: int = MAX_PATHS) -> list[tuple[tuple, tuple, bool]]:
@@ -153,13 +171,15 @@ def _parse(text: str) -> Any:
 class Source:
     """Where a plan step's argument value comes from (see module doc)."""
 
-    kind: str  # flow | state | literal | keep
+    kind: str  # flow | state | literal | keep | list
     call: int = -1  # flow: index of the producing call
     path: tuple = ()  # flow: path in its result; state: concrete path in the seed's live state
     mask: tuple = ()
     is_key: bool = False
     link: tuple[str, int] | None = None  # state: (argument, shared prefix length) bound jointly with
     hits: list = field(default_factory=list)  # state: every place the seed's value occurs
+    shape: str | None = None  # state, a key: the kind of entity it names (see `shape`)
+    parts: list = field(default_factory=list)  # list: one source per element (flow or keep)
 
 
 @dataclass
@@ -180,6 +200,7 @@ class Plan:
     n_turns: int
     profile: dict
     results: list[str]
+    mutated: list[bool]  # whether each seed call changed its owner's state (Phi's state edges hang on it)
 
 
 def _enum_args(schema: dict) -> set[str]:
@@ -204,32 +225,69 @@ def make_plan(seed: dict) -> Plan:
                 for arg, value in c["arguments"].items():
                     sources[arg] = _bind(arg, value, enums, parsed, live)
                 _link(sources)
+                for src in sources.values():
+                    if src.kind == "state" and src.is_key:
+                        src.shape = shape(follow(live, src.path))
                 steps.append(Step(turn, c["name"], c["arguments"], sources, len(steps)))
                 out = ep.call(c["name"], c["arguments"], offered)
                 results.append(out.result or "")
                 parsed.append(_parse(out.result or "") if out.ok else None)
     finally:
         ep.close()
-    profile = seed.get("profile") or compute_profile(seed)
-    return Plan(seed, steps, len(seed["reference"]), profile, results)
+    trace = trace_calls(seed)
+    profile = seed.get("profile") or compute_profile(seed, trace)
+    mutated = [m for turn in trace.mutated for m in turn]
+    return Plan(seed, steps, len(seed["reference"]), profile, results, mutated)
+
+
+def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Source | None:
+    """The latest earlier result holding `value` (as Phi finds flow edges), or None.
+
+    A small number flows only from an id field (a ticket id 2), not by accident, unless
+    `any_value` (an element of a list whose other elements flow: the counts to average).
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    for i in range(len(parsed) - 1, -1, -1):
+        if parsed[i] is not None:
+            hits = find_paths(parsed[i], value, 1)
+            if hits and (any_value or nontrivial(value) or _id_field(hits[0][0])):
+                path, mask, is_key = hits[0]
+                return Source("flow", call=i, path=path, mask=mask, is_key=is_key)
+    return None
 
 
 def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], live: Any) -> Source:
     if arg in enums or isinstance(value, bool) or value is None:
         return Source("keep")
-    if nontrivial(value) and isinstance(value, str | int | float):
-        for i in range(len(parsed) - 1, -1, -1):  # the latest producer, as Phi's flow edges
-            if parsed[i] is not None:
-                hits = find_paths(parsed[i], value, 1)
-                if hits:
-                    path, mask, is_key = hits[0]
-                    return Source("flow", call=i, path=path, mask=mask, is_key=is_key)
+    if isinstance(value, list) and value:
+        parts = [_flow_source(v, parsed) for v in value]
+        if any(parts):
+            parts = [p or _flow_source(v, parsed, any_value=True) or Source("keep") for p, v in zip(parts, value, strict=True)]
+            return Source("list", parts=parts)
+    flow = _flow_source(value, parsed)
+    if flow is not None:
+        return flow
     if isinstance(value, str) and nontrivial(value):
-        hits = [h for h in find_paths(live, value) if any(h[1])]
+        # an attribute of the world itself (an access token, the logged-in user) first,
+        # then entities in collections
+        hits = sorted(find_paths(live, value), key=lambda h: any(h[1]))
         if hits:
             path, mask, is_key = hits[0]
             return Source("state", path=path, mask=mask, is_key=is_key, hits=hits)
     return Source("literal")
+
+
+def _id_field(path: tuple) -> bool:
+    return bool(path) and isinstance(path[-1], str) and path[-1].lower().endswith("id")
+
+
+def shape(record: Any) -> str:
+    """What kind of entity a record is (its class or type tag and its fields): a file is no folder."""
+    if isinstance(record, dict):
+        tag = record.get("__class__") or record.get("type")
+        return f"{tag}:{','.join(sorted(map(str, record)))}"
+    return type(record).__name__
 
 
 def _shared(p: tuple, q: tuple) -> int:
@@ -269,27 +327,46 @@ def _link(sources: dict[str, Source]) -> None:
 
 @dataclass
 class ApiGraph:
-    """What the reference calls of known tasks say about each tool argument.
+    """What the reference calls of known tasks say about each tool and argument.
 
-    `literals[(tool, arg)]` holds the values seen (the pool literal arguments are drawn
-    from); `feeds[(producer, consumer, arg)]` counts flow edges: which outputs feed which
-    arguments (mined when plans are built).
+    `calls[tool]` holds the argument sets seen in reference calls: literal arguments are
+    drawn from them, all the literals of one call from one observed call, so that values
+    that only make sense together (a route's two cities, a currency pair) stay together.
+    `literals[(tool, arg)]` is the per-argument pool used when no observed call has every
+    needed argument. `feeds[(producer, consumer, arg)]` counts flow edges, which outputs
+    feed which arguments (mined when plans are built).
     """
 
+    calls: dict[str, list[dict]] = field(default_factory=dict)
     literals: dict[tuple[str, str], list] = field(default_factory=dict)
     feeds: Counter = field(default_factory=Counter)
 
     @classmethod
     def mine(cls, tasks: Iterable[dict]) -> ApiGraph:
         seen: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+        calls: dict[str, dict[str, dict]] = defaultdict(dict)
         for t in tasks:
             for turn in t["reference"]:
                 for c in turn:
+                    calls[c["name"]].setdefault(orjson.dumps(c["arguments"], option=orjson.OPT_SORT_KEYS).decode(), c["arguments"])
                     for arg, value in c["arguments"].items():
                         if isinstance(value, str | int | float) and not isinstance(value, bool):
                             seen[(c["name"], arg)].setdefault(orjson.dumps(value).decode(), value)
-        # sorted by their JSON text: the pool does not depend on task order
-        return cls(literals={k: [v[s] for s in sorted(v)] for k, v in seen.items()})
+        # sorted by their JSON text: the pools do not depend on task order
+        return cls(calls={k: [v[s] for s in sorted(v)] for k, v in calls.items()},
+                   literals={k: [v[s] for s in sorted(v)] for k, v in seen.items()})
+
+    def draw_literals(self, tool: str, wanted: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        """Values for the literal arguments `wanted` (name -> the seed's value), from one observed call if possible."""
+        fits = [c for c in self.calls.get(tool, ()) if all(a in c and type(c[a]) is type(v) for a, v in wanted.items())]
+        if fits:
+            pick = rng.choice(fits)
+            return {a: pick[a] for a in wanted}
+        out = {}
+        for a, v in wanted.items():
+            pool = [x for x in self.literals.get((tool, a), ()) if type(x) is type(v)] or [v]
+            out[a] = rng.choice(pool)
+        return out
 
     def add_plan(self, plan: Plan) -> None:
         for step in plan.steps:
@@ -341,12 +418,14 @@ class Grounder:
     plan: Plan
     graph: ApiGraph
     rng: random.Random
+    keep_literals: bool = False  # literal arguments keep the seed's values (the last restart)
     memo: dict[str, Any] = field(default_factory=dict)  # seed value (JSON) -> variant value
     parsed: list[Any] = field(default_factory=list)  # variant results, parsed
 
     def ground(self, step: Step, live: Any, fresh: bool) -> dict:
         chosen: dict[str, Any] = {}
         paths: dict[str, tuple] = {}
+        literal: dict[str, Any] = {}  # literal arguments still to draw: name -> the seed's value
         # anchors before the arguments linked to them
         for arg in sorted(step.arguments, key=lambda a: step.sources[a].link is not None):
             value, src = step.arguments[arg], step.sources[arg]
@@ -355,27 +434,41 @@ class Grounder:
                 chosen[arg] = value
             elif src.kind == "flow":
                 chosen[arg] = self._flow(step, arg, src)
+            elif src.kind == "list":
+                chosen[arg] = [self._flow(step, arg, p) if p.kind == "flow" else v for p, v in zip(src.parts, value, strict=True)]
             elif key in self.memo and not fresh:
                 chosen[arg] = self.memo[key]
             elif src.kind == "state":
-                start, prefix = 0, ()
+                path, mask = list(src.path), list(src.mask)
+                start = 0
                 if src.link is not None and src.link[0] in paths:
                     start = src.link[1]
-                    prefix = paths[src.link[0]][:start]
-                options = expand(live, prefix + src.path[start:], src.mask, src.is_key, start) if prefix else \
-                    expand(live, src.path, src.mask, src.is_key)
-                options = [(p, v) for p, v in options if type(v) is type(value)]
-                if not options:
-                    raise StepFailed(f"{step.name}.{arg}: nothing in the state matches {list(src.path)}")
+                    path[:start] = paths[src.link[0]][:start]
+                # a step of the path that names something already chosen (the folder the
+                # agent moved into) stays that choice: cd(X) then cp(a file of X)
+                for i in range(start, len(path) - (1 if src.is_key else 0)):
+                    pinned = self.memo.get(orjson.dumps(path[i]).decode()) if mask[i] else None
+                    if pinned is not None:
+                        path[i], mask[i] = pinned, False
+                options = expand(live, tuple(path), tuple(mask), src.is_key, start)
+                options = [(p, v) for p, v in options if type(v) is type(value)
+                           and (src.shape is None or shape(follow(live, p)) == src.shape)]
+                if not options:  # this world has no such entity: a value the API graph has seen
+                    literal[arg] = value
+                    continue
                 different = [o for o in options if o[1] != value]
                 p, v = self.rng.choice(different or options)
                 chosen[arg], paths[arg] = v, p
             else:
-                pool = self.graph.literals.get((step.name, arg)) or [value]
-                same_type = [v for v in pool if type(v) is type(value)] or [value]
-                chosen[arg] = self.rng.choice(same_type)
-            if src.kind in ("state", "literal"):
+                literal[arg] = value
+                continue
+            if src.kind == "state":
                 self.memo[key] = chosen[arg]
+        if literal:
+            drawn = dict(literal) if self.keep_literals else self.graph.draw_literals(step.name, literal, self.rng)
+            for arg, v in drawn.items():
+                chosen[arg] = v
+                self.memo[orjson.dumps(literal[arg]).decode()] = v
         return {arg: chosen[arg] for arg in step.arguments}
 
     def _flow(self, step: Step, arg: str, src: Source) -> Any:
@@ -393,14 +486,26 @@ class Grounder:
         return src.path[-1] if src.path[-1] in keys else self.rng.choice(keys)
 
 
-def live_state(ep: Episode) -> Any:
-    """The state to ground in, read now: a built-in simulator's attributes as they are (JSON
-    data already, read only), any other episode's snapshot."""
+def live_state(ep: Episode, owners: set | None = None) -> Any:
+    """The state to ground in, read now; `owners` limits it to those classes.
+
+    A built-in simulator's attributes are JSON data already (read as they are, never
+    written); a BFCL class is converted alone; any other episode gives its snapshot.
+    """
+    from rodscli.envs.bfcl import BFCLEpisode, _state
     from rodscli.envs.builtin import BuiltinEpisode
 
-    if isinstance(ep, BuiltinEpisode):
-        return {name: {k: v for k, v in vars(obj).items() if not k.startswith("_")} for name, obj in ep.instances.items()}
-    return ep.snapshot()
+    def public(obj: Any) -> dict:
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+
+    try:
+        if isinstance(ep, BuiltinEpisode):
+            return {name: public(obj) for name, obj in ep.instances.items()}
+        if isinstance(ep, BFCLEpisode) and owners is not None:
+            return {name: _state(public(obj)) for name, obj in ep.instances.items() if name in owners}
+        return ep.snapshot()
+    except RecursionError:  # a call made the simulator's state cyclic (a folder moved into itself)
+        raise StepFailed("the state became cyclic") from None
 
 
 @dataclass
@@ -414,16 +519,75 @@ class Execution:
     kinds: dict
     tools: dict[str, dict]  # tool name -> schema
     parsed: list[Any]  # each call's result as JSON data (None for plain text)
+    steps: list[Step]  # the steps as done (a leaf step may have been done by another tool)
 
 
-def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs: int) -> Execution:
+def _save(ep: Episode, name: str) -> tuple[Any, bytes] | None:
+    """The state of the class a tool runs on, pickled (cycles and objects included), or None."""
+    from rodscli.profile import call_owner
+
+    instances = getattr(ep, "instances", None)
+    owner = call_owner(ep, name)
+    if not instances or owner not in instances:
+        return None
+    obj = instances[owner]
+    try:
+        return obj, pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an unpicklable attribute: no undo, the profile filter still checks
+        return None
+
+
+def _changed(ep: Episode, saved: tuple[Any, bytes]) -> bool:
+    obj, blob = saved
+    return pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL) != blob
+
+
+def _restore(ep: Episode, saved: tuple[Any, bytes]) -> None:
+    obj, blob = saved
+    state = pickle.loads(blob)
+    vars(obj).clear()
+    vars(obj).update(state)
+
+
+def leaf_steps(plan: Plan) -> set[int]:
+    """Steps another tool may stand in for: no argument flows in, no result flows out, not withheld."""
+    feeds = {src.call for step in plan.steps for src in step.sources.values() if src.kind == "flow"}
+    withheld = {w["tool"] for w in plan.seed.get("withheld") or []}
+    return {s.index for s in plan.steps
+            if s.index not in feeds and s.name not in withheld
+            and all(src.kind in ("literal", "keep") for src in s.sources.values())}
+
+
+def substitute(step: Step, ep: Episode, offered: set[str], graph: ApiGraph, avoid: set[str],
+               rng: random.Random) -> Step | None:
+    """Plan over the API graph: another tool of the same class, with the arguments of one of
+    its observed calls, in place of a leaf step (Phi does not count tool names; the profile
+    filter checks that the shape held)."""
+    from rodscli.profile import call_owner
+
+    owner = call_owner(ep, step.name)
+    options = sorted(t for t in offered if t != step.name and t not in avoid and graph.calls.get(t)
+                     and call_owner(ep, t) == owner)
+    if not options:
+        return None
+    name = rng.choice(options)
+    args = dict(rng.choice(graph.calls[name]))
+    return Step(step.turn, name, args, {a: Source("literal") for a in args}, step.index)
+
+
+def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs: int,
+            keep_literals: bool = False, swap: float = 0.0) -> Execution:
     """Ground and execute the plan on a fresh episode of `task`; raises StepFailed when a
-    call still fails after `repairs` re-groundings."""
-    g = Grounder(plan, graph, rng)
+    call still fails after `repairs` re-groundings. A leaf step is done by another tool
+    with probability `swap` (falling back to its own tool when that fails)."""
+    g = Grounder(plan, graph, rng, keep_literals)
     reference: list[list[dict]] = [[] for _ in range(plan.n_turns)]
     results: list[str] = []
+    done: list[Step] = []
     n_repairs = 0
     kinds: Counter = Counter()
+    leaves = leaf_steps(plan) if swap else set()
+    avoid = {w["tool"] for w in task.get("withheld") or []}
     ep: Episode = open_episode(task)
     try:
         offered_at: dict[int, set[str]] = {}
@@ -431,39 +595,60 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             if step.turn not in offered_at:
                 offered_at[step.turn] = {tool_name(t) for t in offered_tools(task, ep, step.turn)}
             offered = offered_at[step.turn]
-            needs_state = any(s.kind == "state" for s in step.sources.values())
+            owners = {s.path[0] for s in step.sources.values() if s.kind == "state"}
             last = "no attempt"
+            alt = substitute(step, ep, offered, graph, avoid, rng) if step.index in leaves and rng.random() < swap else None
             for attempt in range(repairs + 1):
-                live = live_state(ep) if needs_state else None
-                try:
-                    args = g.ground(step, live, fresh=attempt > 0)
-                except StepFailed as exc:
-                    last = str(exc)
-                    n_repairs += attempt > 0
+                if alt is not None:
+                    used, args = alt, alt.arguments
+                else:
+                    used = step
+                    live = live_state(ep, owners) if owners else None
+                    try:
+                        args = g.ground(step, live, fresh=attempt > 0)
+                    except StepFailed as exc:
+                        last = str(exc)
+                        n_repairs += attempt > 0
+                        continue
+                saved = _save(ep, used.name)
+                out = ep.call(used.name, args, offered)
+                parsed = _parse(out.result or "") if out.ok else None
+                if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
+                    # the seed's call changed state (or did not): so must this one, or Phi's
+                    # state edges differ (adding a stock already on the watchlist changes nothing)
+                    if saved is None or attempt == repairs or _changed(ep, saved) == plan.mutated[step.index]:
+                        break
+                    _restore(ep, saved)
+                    last = "the call changed state where the seed's did not, or the other way round"
+                    n_repairs += 1
+                    alt = None
                     continue
-                out = ep.call(step.name, args, offered)
-                if out.ok:
-                    break
+                # BFCL's simulators report refusals as {"error": ...} results: a failed call too
                 last = out.result or out.error or "error"
                 n_repairs += 1
+                alt = None
             else:
                 raise StepFailed(last)
-            reference[step.turn].append({"name": step.name, "arguments": args})
+            reference[step.turn].append({"name": used.name, "arguments": args})
             results.append(out.result or "")
-            g.parsed.append(_parse(out.result or ""))
-            kinds.update(s.kind for s in step.sources.values())
-        final = state_hash(ep.snapshot())
+            g.parsed.append(parsed)
+            done.append(used)
+            kinds.update(s.kind for s in used.sources.values())
+            if used is not step:
+                kinds["swapped"] += 1
+        final = state_hash(live_state(ep))
         tools = dict(ep.tool_index())
     finally:
         ep.close()
-    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed)
+    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed, done)
 
 
 # ------------------------------------------------------------------------------- the template writer
 
 
 def _phrase(schema: dict) -> str:
-    desc = (schema.get("function", schema).get("description") or "").strip().split("\n")[0]
+    desc = (schema.get("function", schema).get("description") or "").strip()
+    desc = desc.split("Tool description:", 1)[-1].strip().split("\n")[0]  # BFCL puts the class blurb first
     desc = desc.split(". ")[0].split(";")[0].rstrip(".").strip()
     if not desc:
         return tool_name(schema).replace("_", " ")
@@ -519,6 +704,9 @@ def describe_call(call: dict, step: Step, schema: dict, said: set[str], results:
         text, src, label = _value_text(v), step.sources[arg], arg.replace("_", " ")
         if arg == leave_out:
             continue
+        if src.kind == "list":
+            parts.append(f"{label} from the results above")
+            continue
         if src.kind != "flow" or text in said:
             parts.append(f"{label} {text}")
             said.add(text)
@@ -560,11 +748,12 @@ def _missing_value(calls: list[dict], steps: list[Step], index: dict, rng: rando
     return rng.choice(options) if options else None
 
 
-def write_turns(plan: Plan, reference: list[list[dict]], index: dict, rng: random.Random, results: list[Any]) -> list[str]:
+def write_turns(plan: Plan, run: Execution, rng: random.Random) -> list[str]:
     """The user turns of a candidate, with the seed's skill augmentation in the wording."""
     seed = plan.seed
     by_turn: dict[int, list[Step]] = defaultdict(list)
-    for s in plan.steps:
+    reference, index, results = run.reference, run.tools, run.parsed
+    for s in run.steps:
         by_turn[s.turn].append(s)
     released = {w["turn"] for w in seed.get("withheld") or []}
     texts: list[str] = []
@@ -635,12 +824,16 @@ class DuplicateIndex:
 # ------------------------------------------------------------------------------- the stage
 
 
-def _replays(task: dict, results: list[str], final: str) -> tuple[bool, CallTrace]:
-    """The reference on a fresh episode: no error, the same results, the same final state."""
+def _replays(task: dict, results: list[str], final: str | None) -> tuple[bool, CallTrace]:
+    """The reference on a fresh episode: no error, the same results, the same final state
+    (when `final` is given)."""
     ep = open_episode(task)
     try:
         trace = trace_calls(task, ep)
-        same_state = state_hash(ep.snapshot()) == final
+        try:
+            same_state = final is None or state_hash(ep.snapshot()) == final
+        except RecursionError:
+            same_state = False
     finally:
         ep.close()
     flat = [r for turn in trace.results for r in turn]
@@ -696,10 +889,13 @@ class Synthesizer:
                 if key in seed}
         cand["initial_state"] = world
         # a call that fails although re-grounded usually needs another choice upstream (a
-        # customer who has a shipped order): start over in the same world a few times
+        # customer who has a shipped order): start over in the same world a few times, the
+        # last time with the seed's literal values (values that only work together, like
+        # the zip codes of a known route, may come from different calls)
         for restart in range(RESTARTS):  # noqa: B007 - recorded below
             try:
-                run = execute(plan, cand, self.graph, rng, opts.repairs)
+                run = execute(plan, cand, self.graph, rng, opts.repairs, keep_literals=restart == RESTARTS - 1,
+                              swap=opts.swap if restart < RESTARTS - 1 else 0.0)
                 break
             except StepFailed:
                 continue
@@ -708,7 +904,9 @@ class Synthesizer:
         cand["reference"] = run.reference
         if not any(run.reference):
             return None, "trivial"
-        ok, trace = _replays(cand, run.results, run.final)
+        # a repaired step ran failed calls in the generating episode, which may have touched
+        # state no replay sees: then the results must agree, the final state is the replay's
+        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None)
         if not ok:
             return None, "replay_failed"
         profile = compute_profile(cand, trace)
@@ -719,7 +917,7 @@ class Synthesizer:
         similarity = self.dups.max_jaccard(keys)
         if similarity >= opts.max_jaccard:
             return None, "near_duplicate"
-        user_turns = write_turns(plan, run.reference, run.tools, rng, run.parsed)
+        user_turns = write_turns(plan, run, rng)
         self.dups.add(keys)
         task = {
             "id": f"{seed['id']}~i{opts.iteration}v{k}",
