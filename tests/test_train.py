@@ -247,6 +247,27 @@ def test_same_inputs_and_seed_give_identical_weights(policy, tmp_path):
     assert state["step"] == 4  # 2 epochs x 2 mini-batches
 
 
+def test_optimizer_state_carries_over_to_the_next_step(policy, tmp_path):
+    # two train-steps of one optimizer step each == one train-step of two (ppo_epochs=2) on the same
+    # batch, only if the second step resumes AdamW's moments and step count from the checkpoint
+    scored = batch(seed=14)
+    cfg = T.TrainOptions(lr=1e-2)
+    both = T.train_step(policy, scored, tmp_path / "both", T.TrainOptions(lr=1e-2, ppo_epochs=2), seed=0)
+    first = T.train_step(policy, scored, tmp_path / "s1", cfg, seed=0)
+    second = T.train_step(tmp_path / "s1", scored, tmp_path / "s2", cfg, seed=0)
+    assert (first["extra"]["optimizer_restored"], second["extra"]["optimizer_restored"]) == (False, True)
+    assert second["step"] == both["step"] == 2
+    saved = torch.load(tmp_path / "s2" / T.OPTIMIZER_FILE, weights_only=True)
+    assert {int(v["step"]) for v in saved["state"].values()} == {2}
+    a, b = weights_of(tmp_path / "both"), weights_of(tmp_path / "s2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # a fresh optimizer on the second step (AdamW step 1 again) lands elsewhere
+    (tmp_path / "s1" / T.OPTIMIZER_FILE).unlink()
+    T.train_step(tmp_path / "s1", scored, tmp_path / "fresh", cfg, seed=0)
+    assert not torch.allclose(weights_of(tmp_path / "fresh")["lm_head.weight"], b["lm_head.weight"], rtol=1e-5, atol=1e-6)
+
+
 def test_micro_batching_does_not_change_the_update(policy, tmp_path):
     scored = batch(seed=6)
     T.train_step(policy, scored, tmp_path / "one", T.TrainOptions(lr=1e-3, micro_batch_tokens=100000), seed=0)
