@@ -18,6 +18,7 @@ from rodscli.envs.base import (
     WITHHELD,
     offered_tools,
     open_episode,
+    replay_reference,
     state_hash,
     tool_name,
 )
@@ -151,6 +152,11 @@ def test_all_seed_tasks_replay_and_twice_give_equal_states(seeds):
     report = replay_tasks(seeds)
     assert report.ok, [str(f) for f in report.failures[:5]]
     assert report.n_tasks == len(seeds) and report.n_calls == sum(t["profile"]["n_calls"] for t in seeds)
+
+
+def test_snapshot_hash_is_the_hash_of_the_snapshot(seeds):
+    for t in seeds[::7]:
+        assert replay_reference(t).state_hashes == replay_reference(t, keep_snapshots=True).state_hashes, t["id"]
 
 
 def test_a_broken_reference_fails_replay(seeds):

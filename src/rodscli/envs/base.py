@@ -39,7 +39,7 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class CallOutcome:
     """What a tool call gave back: the result text shown to the model, and an error kind."""
 
@@ -80,23 +80,66 @@ def type_matches(value: Any, json_type: str | list[str] | None) -> bool:
     return False
 
 
+class ArgumentCheck:
+    """A tool schema's argument rules, compiled once: the check runs on every call, so it is
+    a few dict lookups and one isinstance per argument (the same rules as `type_matches`)."""
+
+    __slots__ = ("schema", "required", "rules", "names")
+
+    def __init__(self, schema: dict):
+        self.schema = schema  # kept alive: the cache below is keyed by its id
+        params = schema.get("function", schema).get("parameters") or {}
+        props = params.get("properties") or {}
+        self.required = tuple(params.get("required") or ())
+        self.names = {name: (prop or {}).get("type") for name, prop in props.items()}
+        # name -> (python types, bool allowed), or None for no constraint
+        self.rules: dict[str, tuple[tuple[type, ...], bool] | None] = {}
+        for name, json_type in self.names.items():
+            types = [json_type] if isinstance(json_type, str) else json_type
+            if json_type is None or json_type == "any" or any(t not in _JSON_TYPES for t in types):
+                self.rules[name] = None
+            else:
+                allowed = tuple({py for t in types for py in _JSON_TYPES[t]})
+                # a bool is an int in Python, but not a JSON integer or number
+                self.rules[name] = (allowed, "boolean" in types or not {"integer", "number"} & set(types))
+
+    def problem(self, arguments: Any) -> str | None:
+        """What is wrong with `arguments`, or None."""
+        if not isinstance(arguments, dict):
+            return f"arguments must be a JSON object, got {type(arguments).__name__}"
+        for name in self.required:
+            if name not in arguments:
+                return f"missing required argument '{name}'"
+        rules = self.rules
+        for name, value in arguments.items():
+            if name not in rules:
+                return f"unexpected argument '{name}'"
+            rule = rules[name]
+            if rule is None or (value is None and name not in self.required):
+                continue
+            if not isinstance(value, rule[0]) or (value.__class__ is bool and not rule[1]):
+                return f"argument '{name}' should be {self.names[name]}, got {type(value).__name__}"
+        return None
+
+
+_CHECKS: dict[int, ArgumentCheck] = {}
+_CHECKS_MAX = 4096
+
+
+def argument_check(schema: dict) -> ArgumentCheck:
+    """The compiled check of a tool schema, cached by identity (the entry keeps its schema
+    alive, so an id cannot be reused while cached). Tool schemas are not changed in place."""
+    check = _CHECKS.get(id(schema))
+    if check is None:
+        if len(_CHECKS) >= _CHECKS_MAX:  # per-episode schemas (MCP) must not pile up
+            _CHECKS.clear()
+        check = _CHECKS[id(schema)] = ArgumentCheck(schema)
+    return check
+
+
 def check_arguments(schema: dict, arguments: Any) -> str | None:
     """Check call arguments against a tool's OpenAI schema; return a problem or None."""
-    if not isinstance(arguments, dict):
-        return f"arguments must be a JSON object, got {type(arguments).__name__}"
-    params = schema.get("function", schema).get("parameters") or {}
-    props = params.get("properties") or {}
-    for name in params.get("required") or []:
-        if name not in arguments:
-            return f"missing required argument '{name}'"
-    for name, value in arguments.items():
-        if name not in props:
-            return f"unexpected argument '{name}'"
-        if value is None and name not in (params.get("required") or []):
-            continue
-        if not type_matches(value, props[name].get("type")):
-            return f"argument '{name}' should be {props[name].get('type')}, got {type(value).__name__}"
-    return None
+    return argument_check(schema).problem(arguments)
 
 
 def tool_name(schema: dict) -> str:
@@ -111,6 +154,7 @@ class Episode(ABC):
     """
 
     failed: bool = False
+    _argument_checks: dict[str, ArgumentCheck] | None = None  # built on the first call
 
     @abstractmethod
     def tools(self) -> list[dict]:
@@ -124,6 +168,10 @@ class Episode(ABC):
     def snapshot(self) -> Any:
         """The public state, as plain JSON data, comparable with `==` and `state_hash`."""
 
+    def snapshot_hash(self) -> str:
+        """`state_hash(self.snapshot())`; a family may compute it without building the snapshot."""
+        return state_hash(self.snapshot())
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (processes, temp dirs)."""
 
@@ -134,24 +182,33 @@ class Episode(ABC):
         self.close()
 
     def tool_index(self) -> dict[str, dict]:
+        """Tool name -> schema."""
         cached = getattr(self, "_tool_index", None)
         if cached is None:
             cached = {tool_name(t): t for t in self.tools()}
             self._tool_index = cached
         return cached
 
+    def argument_checks(self) -> dict[str, ArgumentCheck]:
+        """Tool name -> its compiled argument check."""
+        cached = self._argument_checks
+        if cached is None:
+            cached = {name: argument_check(schema) for name, schema in self.tool_index().items()}
+            self._argument_checks = cached
+        return cached
+
     def call(self, name: Any, arguments: Any, offered: set[str] | None = None) -> CallOutcome:
         """Execute a model's call. Never raises for the model's mistakes.
 
         `offered` is the set of tool names the model may call now (withheld tools excluded);
-        None means every tool of the episode.
+        None means every tool of the episode. Only a name in the tool list reaches `invoke`.
         """
-        index = self.tool_index()
-        if not isinstance(name, str) or name not in index:
+        checks = self._argument_checks or self.argument_checks()
+        if not isinstance(name, str) or name not in checks:
             return CallOutcome(f"Error: unknown tool {name!r}", UNKNOWN_TOOL)
         if offered is not None and name not in offered:
             return CallOutcome(f"Error: tool {name!r} is not available", WITHHELD)
-        problem = check_arguments(index[name], arguments)
+        problem = checks[name].problem(arguments)
         if problem:
             return CallOutcome(f"Error: {problem}", BAD_ARGUMENTS)
         try:
@@ -229,8 +286,10 @@ def replay_reference(task: dict, keep_snapshots: bool = False) -> ReferenceTrace
             outcomes = [episode.call(c["name"], c["arguments"], offered) for c in calls]
             trace.results.append([o.result or "" for o in outcomes])
             trace.errors.append([o.error for o in outcomes])
-            snap = episode.snapshot()
-            trace.state_hashes.append(state_hash(snap))
             if keep_snapshots:
+                snap = episode.snapshot()
+                trace.state_hashes.append(state_hash(snap))
                 trace.snapshots.append(snap)
+            else:
+                trace.state_hashes.append(episode.snapshot_hash())
     return trace

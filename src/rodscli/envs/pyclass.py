@@ -22,6 +22,7 @@ from rodscli.errors import InputError
 
 _PY_TO_JSON = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
                tuple: "array", set: "array", dict: "object", type(None): "null"}
+_CONTAINERS = (list, dict)
 _ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
 
 
@@ -153,8 +154,10 @@ class ClassEpisode(Episode):
         # Simulators may keep argument objects in their state (BFCL's post_tweet stores the
         # `mentions` list, which `mention` later extends): containers are passed as private
         # copies, so that a call never writes into the caller's record (a task, a rollout log).
-        if any(isinstance(v, list | dict) for v in arguments.values()):
-            arguments = copy.deepcopy(arguments)
+        for value in arguments.values():
+            if isinstance(value, _CONTAINERS):
+                arguments = copy.deepcopy(arguments)
+                break
         return self._methods[name](**arguments)
 
     def snapshot(self) -> dict:

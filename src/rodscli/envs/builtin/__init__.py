@@ -16,7 +16,14 @@ import functools
 
 import orjson
 
-from rodscli.envs.base import Environment, Episode
+from rodscli.envs.base import (
+    ArgumentCheck,
+    Environment,
+    Episode,
+    argument_check,
+    state_hash,
+    tool_name,
+)
 from rodscli.envs.builtin.retail import Retail
 from rodscli.envs.builtin.workspace import Workspace
 from rodscli.envs.pyclass import ClassEpisode, method_schema, public_methods
@@ -37,13 +44,23 @@ def _state_keys(domain: str) -> frozenset[str]:
     return frozenset(k for k in vars(DOMAINS[domain]()) if not k.startswith("_"))
 
 
+@functools.cache
+def _argument_checks(domain: str) -> dict[str, ArgumentCheck]:
+    return {tool_name(t): argument_check(t) for t in domain_tools(domain)}
+
+
 class BuiltinEpisode(ClassEpisode):
-    """A `ClassEpisode` whose state is pure JSON data, so its snapshot is one orjson round trip."""
+    """A `ClassEpisode` whose state is pure JSON data, so its snapshot is one orjson round
+    trip and its hash needs no copy at all."""
+
+    def _public(self) -> dict:
+        return {name: {k: v for k, v in vars(obj).items() if not k.startswith("_")} for name, obj in self.instances.items()}
 
     def snapshot(self) -> dict:
-        return orjson.loads(orjson.dumps(
-            {name: {k: v for k, v in vars(obj).items() if not k.startswith("_")} for name, obj in self.instances.items()}
-        ))
+        return orjson.loads(orjson.dumps(self._public()))
+
+    def snapshot_hash(self) -> str:
+        return state_hash(self._public())  # equal to state_hash(self.snapshot()): the state is JSON data
 
 
 def new_episode(domain: str, state: dict) -> BuiltinEpisode:
@@ -58,7 +75,9 @@ def new_episode(domain: str, state: dict) -> BuiltinEpisode:
     # one serialize/parse round trip is a deep copy of JSON data several times faster than copy.deepcopy
     for key, value in orjson.loads(orjson.dumps(state)).items():
         setattr(obj, key, value)
-    return BuiltinEpisode({cls.__name__: obj}, list(domain_tools(domain)))
+    episode = BuiltinEpisode({cls.__name__: obj}, list(domain_tools(domain)))
+    episode._argument_checks = _argument_checks(domain)  # compiled once per domain, read only
+    return episode
 
 
 class BuiltinEnvironment(Environment):
