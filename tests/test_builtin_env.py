@@ -164,6 +164,9 @@ def test_a_broken_reference_fails_replay(seeds):
     task["reference"][0][0] = {"name": "get_order", "arguments": {"order_id": "O-9999"}}
     (failure,) = replay_tasks([task], ["t.jsonl:7"]).failures
     assert failure.where == "t.jsonl:7" and "turn 0" in failure.message and "tool_error" in failure.message
+    unknown = {**task, "env": "garden"}  # a file read without validation: a failure, not a crash
+    (failure,) = replay_tasks([unknown], ["t.jsonl:8"]).failures
+    assert "unknown environment family 'garden'" in failure.message
 
 
 def test_episodes_never_share_state(seeds):

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from rodscli.errors import InputError
+
 # Error kinds recorded in rollout.calls[].error
 PARSE_ERROR = "parse_error"
 UNKNOWN_TOOL = "unknown_tool"
@@ -240,9 +242,12 @@ _INSTANCES: dict[str, Environment] = {}
 
 def environment_for(task: dict) -> Environment:
     """The environment that runs `task` (one shared, stateless factory per family)."""
-    family = task["env"]
+    family = task.get("env")
     env = _INSTANCES.get(family)
     if env is None:
+        if family not in FAMILIES:
+            raise InputError(f"unknown environment family {family!r} (known: {', '.join(FAMILIES)})",
+                             where=task.get("id"), field="env")
         module_name, _, attr = FAMILIES[family].partition(":")
         env = getattr(importlib.import_module(module_name), attr)()
         _INSTANCES[family] = env
