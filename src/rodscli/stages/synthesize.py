@@ -28,6 +28,7 @@ sequences below 0.7 against every known task and every accepted candidate
 
 from __future__ import annotations
 
+import functools
 import pickle
 import random
 import re
@@ -85,6 +86,34 @@ def _is_collection(node: Any) -> bool:
     first = type(values[0])
     return first in (str, int, float) and all(type(v) is first for v in values) and \
         any(not (isinstance(k, str) and _FIELD.match(k)) for k in node)
+
+
+def _mask(root: Any, path: tuple) -> tuple:
+    """Which steps of a concrete path are wildcards (collection keys, list indices)."""
+    mask, node = [], root
+    for depth, step in enumerate(path):
+        mask.append(isinstance(node, list) or (depth > 0 and _is_collection(node)))
+        node = node[step]
+    return tuple(mask)
+
+
+def index_paths(root: Any, values: set[str], limit: int = MAX_PATHS) -> dict[str, list[tuple[tuple, tuple, bool]]]:
+    """`find_paths` for several strings in one walk of the state (masks only for the hits)."""
+    found: dict[str, list] = {v: [] for v in values}
+
+    def walk(node: Any, path: tuple) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        is_dict = isinstance(node, dict)
+        for k, v in items:
+            if is_dict and k in found and len(found[k]) < limit:
+                found[k].append(((*path, k), True))
+            if isinstance(v, dict | list):
+                walk(v, (*path, k))
+            elif type(v) is str and v in found and len(found[v]) < limit:
+                found[v].append(((*path, k), False))
+
+    walk(root, ())
+    return {v: [(p, _mask(root, p), is_key) for p, is_key in hits] for v, hits in found.items()}
 
 
 def find_paths(root: Any, value: Any, limit: int = MAX_PATHS) -> list[tuple[tuple, tuple, bool]]:
@@ -219,11 +248,13 @@ def make_plan(seed: dict) -> Plan:
         for turn, calls in enumerate(seed["reference"]):
             offered = {tool_name(t) for t in offered_tools(seed, ep, turn)}
             for c in calls:
-                live = ep.snapshot()
+                live = live_state(ep)
                 enums = _enum_args(index.get(c["name"], {}))
+                wanted = {v for v in c["arguments"].values() if isinstance(v, str) and nontrivial(v)}
+                in_state = index_paths(live, wanted) if wanted else {}
                 sources: dict[str, Source] = {}
                 for arg, value in c["arguments"].items():
-                    sources[arg] = _bind(arg, value, enums, parsed, live)
+                    sources[arg] = _bind(arg, value, enums, parsed, in_state)
                 _link(sources)
                 for src in sources.values():
                     if src.kind == "state" and src.is_key:
@@ -257,7 +288,7 @@ def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Sour
     return None
 
 
-def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], live: Any) -> Source:
+def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], in_state: dict[str, list]) -> Source:
     if arg in enums or isinstance(value, bool) or value is None:
         return Source("keep")
     if isinstance(value, list) and value:
@@ -271,7 +302,7 @@ def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], live: Any) -
     if isinstance(value, str) and nontrivial(value):
         # an attribute of the world itself (an access token, the logged-in user) first,
         # then entities in collections
-        hits = sorted(find_paths(live, value), key=lambda h: any(h[1]))
+        hits = sorted(in_state.get(value, ()), key=lambda h: any(h[1]))
         if hits:
             path, mask, is_key = hits[0]
             return Source("state", path=path, mask=mask, is_key=is_key, hits=hits)
@@ -340,6 +371,7 @@ class ApiGraph:
     calls: dict[str, list[dict]] = field(default_factory=dict)
     literals: dict[tuple[str, str], list] = field(default_factory=dict)
     feeds: Counter = field(default_factory=Counter)
+    _fits: dict = field(default_factory=dict, repr=False)  # (tool, literal arguments) -> observed calls that have them
 
     @classmethod
     def mine(cls, tasks: Iterable[dict]) -> ApiGraph:
@@ -358,7 +390,11 @@ class ApiGraph:
 
     def draw_literals(self, tool: str, wanted: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         """Values for the literal arguments `wanted` (name -> the seed's value), from one observed call if possible."""
-        fits = [c for c in self.calls.get(tool, ()) if all(a in c and type(c[a]) is type(v) for a, v in wanted.items())]
+        need = (tool, tuple(sorted((a, type(v).__name__) for a, v in wanted.items())))
+        fits = self._fits.get(need)
+        if fits is None:
+            fits = [c for c in self.calls.get(tool, ()) if all(a in c and type(c[a]) is type(v) for a, v in wanted.items())]
+            self._fits[need] = fits
         if fits:
             pick = rng.choice(fits)
             return {a: pick[a] for a in wanted}
@@ -389,13 +425,25 @@ def _world_pool(tasks: Iterable[dict]) -> dict[tuple, list[dict]]:
     return {k: [v[h] for h in sorted(v)] for k, v in pool.items()}
 
 
-def new_world(seed: dict, rng: random.Random, pool: dict[tuple, list[dict]], attempt: int) -> tuple[dict, str]:
+WORLDS = 64  # generated worlds per built-in domain and size in one run (a variant draws one)
+
+
+@functools.lru_cache(maxsize=4 * WORLDS)
+def generated_world(domain: str, large: bool, index: int, seed: int) -> dict:
+    """World number `index` of a built-in domain: made once per run, shared read-only by the
+    variants that draw it (every episode works on its own copy)."""
+    from rodscli.envs.builtin.seeds import _domain_module
+
+    return _domain_module(domain).world(random.Random(f"rods-synth-world:{seed}:{domain}:{large}:{index}"), large=large)
+
+
+def new_world(seed: dict, rng: random.Random, pool: dict[tuple, list[dict]], attempt: int,
+              world_seed: int = 0) -> tuple[dict, str]:
     """A fresh initial state for a variant of `seed`, and where it came from."""
     if seed["env"] == "builtin":
-        from rodscli.envs.builtin.seeds import _domain_module
-
         large = seed["skill"] == "long_context"
-        return _domain_module(seed["domain"]).world(rng, large=large), "generated"
+        index = rng.randrange(WORLDS)
+        return generated_world(seed["domain"], large, index, world_seed), f"generated:{index}"
     key = (seed["env"], seed["domain"], orjson.dumps(seed.get("env_config") or {}, option=orjson.OPT_SORT_KEYS))
     worlds = pool.get(key) or []
     # every other attempt stays in the seed's own world: some plans need exactly its entities
@@ -405,6 +453,13 @@ def new_world(seed: dict, rng: random.Random, pool: dict[tuple, list[dict]], att
 
 
 # ------------------------------------------------------------------------------- grounding and execution
+
+
+def _memo_key(value: Any) -> Any:
+    """The seed's value as a dict key: scalars as (type, value) so that 1, 1.0 and True stay apart."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return (type(value), value)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 class StepFailed(Exception):
@@ -429,7 +484,7 @@ class Grounder:
         # anchors before the arguments linked to them
         for arg in sorted(step.arguments, key=lambda a: step.sources[a].link is not None):
             value, src = step.arguments[arg], step.sources[arg]
-            key = orjson.dumps(value).decode()
+            key = _memo_key(value)
             if src.kind == "keep":
                 chosen[arg] = value
             elif src.kind == "flow":
@@ -447,7 +502,7 @@ class Grounder:
                 # a step of the path that names something already chosen (the folder the
                 # agent moved into) stays that choice: cd(X) then cp(a file of X)
                 for i in range(start, len(path) - (1 if src.is_key else 0)):
-                    pinned = self.memo.get(orjson.dumps(path[i]).decode()) if mask[i] else None
+                    pinned = self.memo.get(_memo_key(path[i])) if mask[i] else None
                     if pinned is not None:
                         path[i], mask[i] = pinned, False
                 options = expand(live, tuple(path), tuple(mask), src.is_key, start)
@@ -468,7 +523,7 @@ class Grounder:
             drawn = dict(literal) if self.keep_literals else self.graph.draw_literals(step.name, literal, self.rng)
             for arg, v in drawn.items():
                 chosen[arg] = v
-                self.memo[orjson.dumps(literal[arg]).decode()] = v
+                self.memo[_memo_key(literal[arg])] = v
         return {arg: chosen[arg] for arg in step.arguments}
 
     def _flow(self, step: Step, arg: str, src: Source) -> Any:
@@ -486,11 +541,12 @@ class Grounder:
         return src.path[-1] if src.path[-1] in keys else self.rng.choice(keys)
 
 
-def live_state(ep: Episode, owners: set | None = None) -> Any:
+def live_state(ep: Episode, owners: set | None = None, cache: dict | None = None) -> Any:
     """The state to ground in, read now; `owners` limits it to those classes.
 
     A built-in simulator's attributes are JSON data already (read as they are, never
-    written); a BFCL class is converted alone; any other episode gives its snapshot.
+    written); a BFCL class is converted alone, or taken from `cache` (class -> state, kept
+    by the caller while no call changed that class); any other episode gives its snapshot.
     """
     from rodscli.envs.bfcl import BFCLEpisode, _state
     from rodscli.envs.builtin import BuiltinEpisode
@@ -502,7 +558,11 @@ def live_state(ep: Episode, owners: set | None = None) -> Any:
         if isinstance(ep, BuiltinEpisode):
             return {name: public(obj) for name, obj in ep.instances.items()}
         if isinstance(ep, BFCLEpisode) and owners is not None:
-            return {name: _state(public(obj)) for name, obj in ep.instances.items() if name in owners}
+            cache = {} if cache is None else cache
+            for name in owners:
+                if name not in cache and name in ep.instances:
+                    cache[name] = _state(public(ep.instances[name]))
+            return {name: cache[name] for name in owners if name in cache}
         return ep.snapshot()
     except RecursionError:  # a call made the simulator's state cyclic (a folder moved into itself)
         raise StepFailed("the state became cyclic") from None
@@ -522,7 +582,7 @@ class Execution:
     steps: list[Step]  # the steps as done (a leaf step may have been done by another tool)
 
 
-def _save(ep: Episode, name: str) -> tuple[Any, bytes] | None:
+def _save(ep: Episode, name: str) -> tuple[Any, bytes, str] | None:
     """The state of the class a tool runs on, pickled (cycles and objects included), or None."""
     from rodscli.profile import call_owner
 
@@ -532,19 +592,28 @@ def _save(ep: Episode, name: str) -> tuple[Any, bytes] | None:
         return None
     obj = instances[owner]
     try:
-        return obj, pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL)
+        return obj, _dump(ep, vars(obj)), owner
     except Exception:  # an unpicklable attribute: no undo, the profile filter still checks
         return None
 
 
-def _changed(ep: Episode, saved: tuple[Any, bytes]) -> bool:
-    obj, blob = saved
-    return pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL) != blob
+def _dump(ep: Episode, state: dict) -> bytes:
+    # a built-in simulator's state is JSON data: orjson is several times faster than pickle
+    from rodscli.envs.builtin import BuiltinEpisode
+
+    if isinstance(ep, BuiltinEpisode):
+        return b"j" + orjson.dumps(state)
+    return b"p" + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _restore(ep: Episode, saved: tuple[Any, bytes]) -> None:
-    obj, blob = saved
-    state = pickle.loads(blob)
+def _changed(ep: Episode, saved: tuple[Any, bytes, str]) -> bool:
+    obj, blob, _ = saved
+    return _dump(ep, vars(obj)) != blob
+
+
+def _restore(ep: Episode, saved: tuple[Any, bytes, str]) -> None:
+    obj, blob, _ = saved
+    state = orjson.loads(blob[1:]) if blob[:1] == b"j" else pickle.loads(blob[1:])
     vars(obj).clear()
     vars(obj).update(state)
 
@@ -587,6 +656,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     n_repairs = 0
     kinds: Counter = Counter()
     leaves = leaf_steps(plan) if swap else set()
+    cache: dict[str, Any] = {}  # class -> its state as JSON data, while unchanged
     avoid = {w["tool"] for w in task.get("withheld") or []}
     ep: Episode = open_episode(task)
     try:
@@ -603,7 +673,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                     used, args = alt, alt.arguments
                 else:
                     used = step
-                    live = live_state(ep, owners) if owners else None
+                    live = live_state(ep, owners, cache) if owners else None
                     try:
                         args = g.ground(step, live, fresh=attempt > 0)
                     except StepFailed as exc:
@@ -612,11 +682,16 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                         continue
                 saved = _save(ep, used.name)
                 out = ep.call(used.name, args, offered)
+                changed = saved is None or _changed(ep, saved)
+                if saved is None:  # the cached states may all be stale
+                    cache.clear()
+                elif changed:
+                    cache.pop(saved[2], None)
                 parsed = _parse(out.result or "") if out.ok else None
                 if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
                     # the seed's call changed state (or did not): so must this one, or Phi's
                     # state edges differ (adding a stock already on the watchlist changes nothing)
-                    if saved is None or attempt == repairs or _changed(ep, saved) == plan.mutated[step.index]:
+                    if saved is None or attempt == repairs or changed == plan.mutated[step.index]:
                         break
                     _restore(ep, saved)
                     last = "the call changed state where the seed's did not, or the other way round"
@@ -884,7 +959,7 @@ class Synthesizer:
     def _attempt(self, plan: Plan, k: int, attempt: int) -> tuple[dict | None, str]:
         seed, opts = plan.seed, self.opts
         rng = random.Random(f"rods-synth:{opts.seed}:{opts.iteration}:{seed['id']}:{k}:{attempt}")
-        world, world_from = new_world(seed, rng, self.worlds, attempt)
+        world, world_from = new_world(seed, rng, self.worlds, attempt, opts.seed)
         cand = {key: seed[key] for key in ("env", "domain", "skill", "env_config", "tools", "withheld", "system_prompt")
                 if key in seed}
         cand["initial_state"] = world
