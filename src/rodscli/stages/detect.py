@@ -232,15 +232,15 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     left = cfg.top_m - int(order["_first"].sum()) if cfg.refill else 0
     rest = ~pl.col("_first")
     order = order.with_columns((pl.col("_first") | (rest & (rest.cum_sum() <= left))).alias("selected"))
-    order = order.with_columns(
-        pl.when(pl.col("selected")).then(pl.col("selected").cum_sum() - 1).cast(pl.Int64).alias("rank")
-    )
-    return (
-        groups.with_row_index("_row")
-        .join(order.select("_row", "selected", "rank"), on="_row", how="left")
-        .sort("_row")
-        .with_columns(pl.col("selected").fill_null(False))
-        .drop("_row")
+    # scatter back to the groups' rows: rank = position among the selected, in order
+    rows = order.filter(pl.col("selected"))["_row"].to_numpy()
+    selected = np.zeros(groups.height, dtype=bool)
+    selected[rows] = True
+    rank = np.full(groups.height, -1, dtype=np.int64)
+    rank[rows] = np.arange(len(rows))
+    return groups.with_columns(
+        pl.Series("selected", selected),
+        pl.Series("rank", rank).replace(-1, None),
     )
 
 
