@@ -222,7 +222,7 @@ def _column_values(arr: pa.Array) -> list:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """The cyclic garbage collector paused while a batch of records is built: the records
     are acyclic, and tens of thousands of fresh containers would otherwise trigger a
     collection every few hundred allocations (reading Parquet got 2-3x slower)."""
@@ -254,7 +254,7 @@ class _ParquetBatches:
         names = [n for n in self.names if n != EXTRA_COLUMN]
         try:
             for batch in self.pf.iter_batches(batch_size=BATCH):
-                with _no_gc():
+                with no_gc():
                     records = self._records(batch, names)
                 yield row, batch, records
                 row += batch.num_rows

@@ -299,7 +299,9 @@ def detect_frame(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: Dete
 def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,
            previous: Iterable[dict] | None = None) -> list[dict]:
     """Group records (schema group), sorted by task id: statistics, zone, history, selection."""
-    return detect_frame(scored, cfg, previous).to_dicts()
+    groups = detect_frame(scored, cfg, previous)
+    with records.no_gc():
+        return groups.to_dicts()
 
 
 # ---------------------------------------------------------------------------------------
