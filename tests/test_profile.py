@@ -80,6 +80,12 @@ def test_flow_and_state_edges_by_hand():
     assert p["tools"] == ["list_items", "create_order", "cancel_order", "get_order"]
 
 
+def test_parameter_names_are_not_parameter_flow():
+    # get_order's result has the key "item", create_order's parameter name: no flow edge 1->2
+    t = task([[c("create_order", item="apple"), c("get_order", order_id="ORD-1001"), c("create_order", item="banana")]])
+    assert compute_profile(t)["edges"] == [[0, 1, "flow"], [0, 2, "state"]]
+
+
 def test_mutation_is_traced_per_call():
     t = task([[c("list_items"), c("create_order", item="banana"), c("get_order", order_id="ORD-1001")]])
     tr = trace_calls(t)

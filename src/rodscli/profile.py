@@ -214,7 +214,9 @@ def dependency_edges(task: dict, trace: CallTrace) -> list[tuple[int, int, str]]
     mutated = [m for turn in trace.mutated for m in turn]
     owners = [o for turn in trace.owners for o in turn]
     indexes = [_ResultIndex(r, e) for r, e in zip(results, errors, strict=True)]
-    arg_keys = [leaves(c["arguments"]) for c in calls]
+    # argument values only: parameter names ('name', 'product_id') also appear as keys in
+    # results, and would link any two calls that share a parameter name
+    arg_keys = [set().union(*(leaves(v) for v in c["arguments"].values())) for c in calls]
     edges: dict[tuple[int, int], str] = {}
     last_mutation: dict[str, int] = {}
     for j in range(len(calls)):
