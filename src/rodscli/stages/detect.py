@@ -190,6 +190,8 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
     stats = _runs_stats(df, cfg.by, other)
     if stats is None:
         stats = _hashed_stats(df.lazy(), cfg.by, other)
+    if not (cfg.by == "task_id" and stats["task_id"].is_sorted()):  # rollouts usually come in task order
+        stats = stats.sort("task_id", "group_id", nulls_last=True)
     mean = pl.col("mean").clip(0.0, 1.0)
     return (
         stats.lazy()
@@ -203,7 +205,6 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
         .with_columns((pl.col("var") > 0).alias("informative"))
         .select("task_id", "n", "mean", "var", "min", "max", "skill", "domain", "origin", "iteration",
                 "group_id", "phi", "zone", "informative")
-        .sort("task_id", "group_id", nulls_last=True)
         .collect()
     )
 
