@@ -43,6 +43,10 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests bench
 
+# every benchmark in bench/ with its defaults; each prints its ratio against a baseline
+bench: install
+	@set -e; for b in bench/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(BIN)/python $$b; done
+
 clean-venv:
 	rm -rf $(VENV)
 
