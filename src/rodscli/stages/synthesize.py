@@ -42,7 +42,14 @@ import orjson
 from rodscli.config import option
 from rodscli.envs.base import Episode, offered_tools, open_episode, state_hash, tool_name
 from rodscli.errors import InputError, OptionError
-from rodscli.profile import CallTrace, compute_profile, nontrivial, profile_distance, trace_calls
+from rodscli.profile import (
+    CallTrace,
+    compute_profile,
+    nontrivial,
+    profile_distance,
+    trace_calls,
+    value_key,
+)
 
 REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplicate", "trivial")
 WRITERS = ("template",)
@@ -116,14 +123,18 @@ def index_paths(root: Any, values: set[str], limit: int = MAX_PATHS) -> dict[str
     return {v: [(p, _mask(root, p), is_key) for p, is_key in hits] for v, hits in found.items()}
 
 
-def find_paths(root: Any, value: Any, limit: int = MAX_PATHS) -> list[tuple[tuple, tuple, bool]]:
+def find_paths(root: Any, value: Any, limit: int = MAX_PATHS, loose: bool = False) -> list[tuple[tuple, tuple, bool]]:
     """Where `value` occurs in `root`: (concrete path, wildcard mask, value-is-a-dict-key).
 
     The mask marks the path steps that are wildcards (keys of a collection, list indices);
-    the top level (class or attribute names) is never a wildcard.
+    the top level (class or attribute names) is never a wildcard. `loose` matches values
+    the way Phi does, as the text the model sees (the number 6500.0 is the string "6500").
     """
     out: list[tuple[tuple, tuple, bool]] = []
     want = type(value)
+    if loose:
+        text = value_key(value)
+        want = None  # type: ignore[assignment]
 
     def walk(node: Any, path: tuple, mask: tuple) -> None:
         if len(out) >= limit:
@@ -137,7 +148,8 @@ def find_paths(root: Any, value: Any, limit: int = MAX_PATHS) -> list[tuple[tupl
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 walk(v, (*path, i), (*mask, True))
-        elif type(node) is want and node == value:
+        elif (type(node) is want and node == value) or (want is None and not isinstance(node, bool)
+                                                          and node is not None and value_key(node) == text):
             out.append((path, mask, False))
 
     walk(root, (), ())
@@ -209,6 +221,7 @@ class Source:
     hits: list = field(default_factory=list)  # state: every place the seed's value occurs
     shape: str | None = None  # state, a key: the kind of entity it names (see `shape`)
     parts: list = field(default_factory=list)  # list: one source per element (flow or keep)
+    cast: str | None = None  # flow: the seed's value was this type's text of the result's value
 
 
 @dataclass
@@ -230,6 +243,7 @@ class Plan:
     profile: dict
     results: list[str]
     mutated: list[bool]  # whether each seed call changed its owner's state (Phi's state edges hang on it)
+    occurrence: list[int] = field(default_factory=list)  # each step: how many earlier steps call the same tool
 
 
 def _enum_args(schema: dict) -> set[str]:
@@ -268,7 +282,12 @@ def make_plan(seed: dict) -> Plan:
     trace = trace_calls(seed)
     profile = seed.get("profile") or compute_profile(seed, trace)
     mutated = [m for turn in trace.mutated for m in turn]
-    return Plan(seed, steps, len(seed["reference"]), profile, results, mutated)
+    seen: Counter = Counter()
+    occurrence = []
+    for st in steps:
+        occurrence.append(seen[st.name])
+        seen[st.name] += 1
+    return Plan(seed, steps, len(seed["reference"]), profile, results, mutated, occurrence)
 
 
 def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Source | None:
@@ -279,12 +298,14 @@ def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Sour
     """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    for i in range(len(parsed) - 1, -1, -1):
-        if parsed[i] is not None:
-            hits = find_paths(parsed[i], value, 1)
-            if hits and (any_value or nontrivial(value) or _id_field(hits[0][0])):
-                path, mask, is_key = hits[0]
-                return Source("flow", call=i, path=path, mask=mask, is_key=is_key)
+    for loose in (False, True):  # the same value first, then the same text (a count as a string)
+        for i in range(len(parsed) - 1, -1, -1):
+            if parsed[i] is not None:
+                hits = find_paths(parsed[i], value, 1, loose=loose)
+                if hits and (any_value or nontrivial(value) or _id_field(hits[0][0])):
+                    path, mask, is_key = hits[0]
+                    return Source("flow", call=i, path=path, mask=mask, is_key=is_key,
+                                  cast=type(value).__name__ if loose else None)
     return None
 
 
@@ -301,8 +322,8 @@ def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], in_state: di
         return flow
     if isinstance(value, str) and nontrivial(value):
         # an attribute of the world itself (an access token, the logged-in user) first,
-        # then entities in collections
-        hits = sorted(in_state.get(value, ()), key=lambda h: any(h[1]))
+        # then entities in collections, then anything else
+        hits = sorted(in_state.get(value, ()), key=lambda h: 0 if len(h[0]) <= 2 else (1 if any(h[1]) else 2))
         if hits:
             path, mask, is_key = hits[0]
             return Source("state", path=path, mask=mask, is_key=is_key, hits=hits)
@@ -369,6 +390,7 @@ class ApiGraph:
     """
 
     calls: dict[str, list[dict]] = field(default_factory=dict)
+    sequences: dict[str, list[list[dict]]] = field(default_factory=dict)  # tool -> per task, its calls in order
     literals: dict[tuple[str, str], list] = field(default_factory=dict)
     feeds: Counter = field(default_factory=Counter)
     _fits: dict = field(default_factory=dict, repr=False)  # (tool, literal arguments) -> observed calls that have them
@@ -377,19 +399,39 @@ class ApiGraph:
     def mine(cls, tasks: Iterable[dict]) -> ApiGraph:
         seen: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         calls: dict[str, dict[str, dict]] = defaultdict(dict)
+        sequences: dict[str, dict[bytes, list[dict]]] = defaultdict(dict)
         for t in tasks:
+            per_tool: dict[str, list[dict]] = defaultdict(list)
             for turn in t["reference"]:
                 for c in turn:
+                    per_tool[c["name"]].append(c["arguments"])
                     calls[c["name"]].setdefault(orjson.dumps(c["arguments"], option=orjson.OPT_SORT_KEYS).decode(), c["arguments"])
                     for arg, value in c["arguments"].items():
                         if isinstance(value, str | int | float) and not isinstance(value, bool):
                             seen[(c["name"], arg)].setdefault(orjson.dumps(value).decode(), value)
+            for name, seq in per_tool.items():
+                sequences[name].setdefault(orjson.dumps(seq, option=orjson.OPT_SORT_KEYS), seq)
         # sorted by their JSON text: the pools do not depend on task order
         return cls(calls={k: [v[s] for s in sorted(v)] for k, v in calls.items()},
+                   sequences={k: [v[s] for s in sorted(v)] for k, v in sequences.items()},
                    literals={k: [v[s] for s in sorted(v)] for k, v in seen.items()})
 
-    def draw_literals(self, tool: str, wanted: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """Values for the literal arguments `wanted` (name -> the seed's value), from one observed call if possible."""
+    def draw_literals(self, tool: str, wanted: dict[str, Any], rng: random.Random,
+                      occurrence: int = 0, donors: dict[str, list[dict]] | None = None) -> dict[str, Any]:
+        """Values for the literal arguments `wanted` (name -> the seed's value), from one observed call if possible.
+
+        The k-th call of a tool in a plan takes the k-th call of that tool in one donor task
+        (kept in `donors` for the whole plan), so that values that work only together
+        across calls (the two cities whose distance is then asked) come from one task.
+        """
+        if donors is not None:
+            seq = donors.get(tool)
+            if seq is None:
+                options = [q for q in self.sequences.get(tool, ()) if len(q) > occurrence]
+                seq = donors[tool] = rng.choice(options) if options else []
+            if len(seq) > occurrence and all(a in seq[occurrence] and type(seq[occurrence][a]) is type(v)
+                                             for a, v in wanted.items()):
+                return {a: seq[occurrence][a] for a in wanted}
         need = (tool, tuple(sorted((a, type(v).__name__) for a, v in wanted.items())))
         fits = self._fits.get(need)
         if fits is None:
@@ -474,7 +516,8 @@ class Grounder:
     graph: ApiGraph
     rng: random.Random
     keep_literals: bool = False  # literal arguments keep the seed's values (the last restart)
-    memo: dict[str, Any] = field(default_factory=dict)  # seed value (JSON) -> variant value
+    memo: dict[Any, Any] = field(default_factory=dict)  # seed value (see _memo_key) -> variant value
+    donors: dict[str, list[dict]] = field(default_factory=dict)  # tool -> the donor task's calls of it
     parsed: list[Any] = field(default_factory=list)  # variant results, parsed
 
     def ground(self, step: Step, live: Any, fresh: bool) -> dict:
@@ -520,7 +563,10 @@ class Grounder:
             if src.kind == "state":
                 self.memo[key] = chosen[arg]
         if literal:
-            drawn = dict(literal) if self.keep_literals else self.graph.draw_literals(step.name, literal, self.rng)
+            if fresh:  # a repair: another donor for this tool
+                self.donors.pop(step.name, None)
+            drawn = dict(literal) if self.keep_literals else \
+                self.graph.draw_literals(step.name, literal, self.rng, self.plan.occurrence[step.index], self.donors)
             for arg, v in drawn.items():
                 chosen[arg] = v
                 self.memo[_memo_key(literal[arg])] = v
@@ -531,7 +577,10 @@ class Grounder:
         node = self.parsed[src.call]
         try:
             if not src.is_key:
-                return follow(node, src.path)
+                value = follow(node, src.path)
+                if src.cast == "str" and not isinstance(value, dict | list):
+                    return value_key(value)
+                return value
             parent = follow(node, src.path[:-1])
         except KeyError:
             raise StepFailed(f"{step.name}.{arg}: the result of call {src.call} has no {list(src.path)}") from None
