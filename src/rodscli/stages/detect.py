@@ -127,17 +127,21 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     task's skill/domain/origin varies, null keys or rewards); the caller then hashes."""
     if df.height == 0 or df[by].null_count() or df["reward"].null_count():
         return None
-    changed = df.select(
-        [pl.col(c).ne_missing(pl.col(c).shift(1)).fill_null(True).alias(c) for c in (by, "skill", "domain", "origin", other)]
+    new = pl.col(by).ne_missing(pl.col(by).shift(1)).fill_null(True)  # a run starts here
+
+    def inside(c: str) -> pl.Expr:  # the value changes inside a run
+        return pl.col(c).ne_missing(pl.col(c).shift(1)) & ~new
+
+    flags = df.select(
+        new.alias("new"), inside(other).alias("mixed"),
+        pl.any_horizontal(inside("skill"), inside("domain"), inside("origin")).any().alias("varies"),
     )
-    new_run = changed[by].to_numpy()
-    starts = np.flatnonzero(new_run)
+    if flags["varies"][0]:
+        return None
+    starts = np.flatnonzero(flags["new"].to_numpy())
     keys = df[by].gather(starts)
     if keys.n_unique() != len(starts):
         return None
-    for c in ("skill", "domain", "origin"):
-        if (changed[c].to_numpy() & ~new_run).any():
-            return None
     r = df["reward"].to_numpy()
     n = np.diff(np.append(starts, len(r)))
     mean = np.add.reduceat(r, starts) / n
@@ -147,7 +151,7 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     lowest = np.iinfo(np.int64).min
     it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
     # the other id is kept when it is the same on every row of the group
-    mixed = np.logical_or.reduceat(changed[other].to_numpy() & ~new_run, starts)
+    mixed = np.logical_or.reduceat(flags["mixed"].to_numpy(), starts)
     return pl.DataFrame({
         by: keys,
         "n": pl.Series(n, dtype=pl.UInt32),
@@ -156,7 +160,7 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         "skill": df["skill"].gather(starts), "domain": df["domain"].gather(starts),
         "origin": df["origin"].gather(starts),
         "iteration": pl.Series(it_max, dtype=pl.Int64).replace(lowest, None),
-        other: df[other].gather(starts).zip_with(pl.Series(~mixed), pl.Series([None] * len(starts), dtype=pl.String)),
+        other: df[other].gather(starts).zip_with(pl.Series(~mixed), pl.repeat(None, len(starts), dtype=pl.String, eager=True)),
     })
 
 
@@ -221,7 +225,8 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
         groups.with_row_index("_row")
         .filter(pl.col("zone") == "boundary")
         .with_columns(pl.col("phi").round(_PHI_DIGITS).alias("_phi"))
-        .sort(["_phi", "task_id", "group_id"], descending=[True, False, False], nulls_last=False)
+        # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
+        .sort("_phi", descending=True, maintain_order=True)
     )
     quota = cfg.quota_per_skill
     if quota is None:
