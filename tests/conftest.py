@@ -24,3 +24,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """The embedded tiny policy, made once per session by the real `rods init-policy`."""
+    from rodscli.cli import main
+
+    out = tmp_path_factory.mktemp("policy") / "tiny"
+    assert main(["--quiet", "init-policy", "--out", str(out)]) == 0
+    return out

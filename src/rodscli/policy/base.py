@@ -28,11 +28,16 @@ class Sampling:
 
 @dataclass
 class Request:
-    """Continue `prompt_ids` with at most `max_new_tokens`, sampling with `seed`."""
+    """Continue `prompt_ids` with at most `max_new_tokens`, sampling with `seed`.
+
+    `key` names the episode the prompt belongs to: a backend may keep state for it (the hf
+    backend keeps its KV cache) until `release` is called with that key.
+    """
 
     prompt_ids: list[int]
     max_new_tokens: int
     seed: int
+    key: str | None = None
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: list[Request], stop_ids: list[int]) -> list[Generation]:
         """One generation per request, in order. Raises BackendError when it cannot run."""
+
+    def release(self, keys: list[str]) -> None:  # noqa: B027 - optional hook
+        """Forget the state kept for these episodes (they have ended)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model / connections."""

@@ -1,19 +1,25 @@
 """The `hf` backend: transformers on CPU or CUDA, every active episode in one batch.
 
-One `generate` call continues all the episodes that wait for a reply together: their
-prompts are left-padded into one batch, prefilled in one forward pass, then decoded step by
-step with a KV cache until every row has stopped; rows that stopped are dropped from the
-batch (and from the cache) as soon as half of them are done. Each row samples with its own
-`torch.Generator` seeded from the request, so an episode's tokens do not depend on which
-other episodes share its batch (up to float rounding of batched kernels on GPU), and a
-fixed seed gives identical rollouts on CPU.
+One `generate` call continues all the episodes that wait for a reply together, in two phases:
 
-Not done: the KV cache is not kept across the turns of an episode; each reply prefills the
-episode's whole history again (one batched forward pass, no re-tokenization).
+1. extend: each episode's KV cache, kept from its previous reply (keyed by `Request.key`),
+   is extended with the tokens it has not seen yet (the inserted tool/user segment), all
+   but the last prompt token. Episodes with no cache that share a prompt (the G samples of
+   one task) are prefilled once. Rows of similar length go in one forward pass: their
+   caches left-padded to a common width, their new tokens right-padded after it.
+2. decode: the rows' caches are left-padded into one batch, the last prompt token is fed,
+   then every row samples step by step until all have stopped; rows that stopped leave the
+   batch (and the cache) as soon as half of them are done, their KV saved for their next turn.
+
+Positions are each row's own (padding never shifts them), so a cached KV is valid in any
+batch. Each row samples with its own `torch.Generator` seeded from the request, so an
+episode's tokens do not depend on which episodes share its batch (up to float rounding of
+batched kernels), and a fixed seed gives identical rollouts on CPU.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +76,58 @@ def sample_next(logits: Any, sampling: Sampling, generators: list[Any]) -> tuple
     return ids, logp.gather(1, ids[:, None])[:, 0]
 
 
+@dataclass
+class _Prefix:
+    """KV of one sequence: its token ids and, per layer, (keys, values) [heads, len, dim]."""
+
+    ids: list[int]
+    kv: list[tuple[Any, Any]]
+
+    def crop(self, n: int) -> _Prefix:
+        return _Prefix(self.ids[:n], [(k[:, :n], v[:, :n]) for k, v in self.kv])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
+
+
+def _growing_layer_class() -> type:
+    """A transformers DynamicLayer that writes new KV into spare room at the end of its
+    tensors instead of concatenating: one copy per new token, not one of the whole cache."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        room: tuple[Any, Any] | None = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = self.get_seq_length(), key_states.shape[-2]
+            room = self.room
+            if room is None or room[0].shape[0] != key_states.shape[0] or n + m > room[0].shape[-2] \
+                    or (n and room[0].data_ptr() != self.keys.data_ptr()):  # batch_select_indices made new tensors
+                b, h, _, d = key_states.shape
+                room = (key_states.new_empty((b, h, n + m + max(64, n // 2), d)),
+                        value_states.new_empty((b, h, n + m + max(64, n // 2), value_states.shape[-1])))
+                if n:
+                    room[0][:, :, :n] = self.keys
+                    room[1][:, :, :n] = self.values
+                self.room = room
+            room[0][:, :, n:n + m] = key_states
+            room[1][:, :, n:n + m] = value_states
+            self.keys, self.values = room[0][:, :, :n + m], room[1][:, :, :n + m]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+# extend-phase forward passes hold about this many attention scores (rows x new x total)
+_EXTEND_BUDGET = 1 << 24
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -79,46 +137,153 @@ class HFBackend(Backend):
         self.model = load_model(policy, self.device)
         self.sampling = sampling
         self.policy_id = policy_id(policy)
+        self._kept: dict[str, _Prefix] = {}  # episode key -> KV of the ids it has seen
+
+    def release(self, keys: list[str]) -> None:
+        for key in keys:
+            self._kept.pop(key, None)
+
+    def close(self) -> None:
+        self._kept.clear()
 
     def generate(self, requests: list[Request], stop_ids: list[int]) -> list[Generation]:
         try:
             return self._generate(requests, stop_ids)
         except RuntimeError as exc:  # CUDA / CPU out of memory and friends
             if "out of memory" in str(exc).lower():
+                self._kept.clear()
                 raise BackendError(f"hf backend ran out of memory on {self.device} with a batch of {len(requests)}: lower --batch-size or --max-tokens") from None
             raise
 
-    def _generate(self, requests: list[Request], stop_ids: list[int]) -> list[Generation]:
+    # -- phase 1: caches up to the last prompt token ----------------------------------
+
+    def _prefixes(self, requests: list[Request]) -> list[_Prefix]:
+        """For each request, the KV of all its prompt ids but the last."""
+        empty = _Prefix([], [])
+        out: list[_Prefix | None] = [None] * len(requests)
+        jobs: dict[Any, list[int]] = {}  # one job per distinct (start, ids): rows sharing it
+        starts: dict[Any, _Prefix] = {}
+        for i, r in enumerate(requests):
+            want = r.prompt_ids[:-1]
+            kept = self._kept.get(r.key) if r.key is not None else None
+            n = _common_prefix(kept.ids, want) if kept is not None else 0
+            start = kept.crop(n) if n else empty
+            if n == len(want):
+                out[i] = start
+                continue
+            job = (r.key, tuple(want)) if n else (None, tuple(want))
+            jobs.setdefault(job, []).append(i)
+            starts[job] = start
+        # similar numbers of new tokens share a forward pass (padding stays below half)
+        order = sorted(jobs, key=lambda j: len(j[1]) - len(starts[j].ids), reverse=True)
+        while order:
+            s_max = len(order[0][1]) - len(starts[order[0]].ids)
+            chunk = []
+            for job in order:
+                s = len(job[1]) - len(starts[job].ids)
+                width = max([len(starts[j].ids) for j in chunk + [job]]) + s_max
+                if chunk and (2 * s < s_max or (len(chunk) + 1) * s_max * width > _EXTEND_BUDGET):
+                    break
+                chunk.append(job)
+            order = order[len(chunk):]
+            for job, prefix in zip(chunk, self._extend([starts[j] for j in chunk], [list(j[1]) for j in chunk]), strict=True):
+                for i in jobs[job]:
+                    out[i] = prefix
+        return out  # type: ignore[return-value]
+
+    def _extend(self, starts: list[_Prefix], wants: list[list[int]]) -> list[_Prefix]:
+        """One forward pass: each start's cache (left-padded) plus its new ids (right-padded)."""
         import torch
+
+        dev, n = self.device, len(starts)
+        P = max(len(p.ids) for p in starts)
+        S = max(len(w) - len(p.ids) for p, w in zip(starts, wants, strict=True))
+        ids = torch.zeros((n, S), dtype=torch.long)
+        mask = torch.zeros((n, P + S), dtype=torch.long)
+        pos = torch.zeros((n, S), dtype=torch.long)
+        for b, (p, w) in enumerate(zip(starts, wants, strict=True)):
+            c, s = len(p.ids), len(w) - len(p.ids)
+            ids[b, :s] = torch.tensor(w[c:])
+            mask[b, P - c:P + s] = 1
+            pos[b] = torch.arange(c, c + S)
+        cache = self._batch_cache(starts, P)
+        with torch.inference_mode():
+            self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return [self._row(cache, b, P - len(p.ids), len(w), w) for b, (p, w) in enumerate(zip(starts, wants, strict=True))]
+
+    def _batch_cache(self, prefixes: list[_Prefix], width: int) -> Any:
+        """A DynamicCache holding each prefix's KV right-aligned in `width` columns."""
         from transformers import DynamicCache
 
+        if width == 0:
+            return self._growing(DynamicCache(config=self.model.config))
+        ref = next(p for p in prefixes if p.ids)
+        layers = []
+        for layer, (k0, v0) in enumerate(ref.kv):
+            keys = k0.new_zeros((len(prefixes), k0.shape[0], width, k0.shape[2]))
+            values = v0.new_zeros((len(prefixes), v0.shape[0], width, v0.shape[2]))
+            for b, p in enumerate(prefixes):
+                if p.ids:
+                    keys[b, :, width - len(p.ids):] = p.kv[layer][0]
+                    values[b, :, width - len(p.ids):] = p.kv[layer][1]
+            layers.append((keys, values))
+        return self._growing(DynamicCache(ddp_cache_data=layers, config=self.model.config))
+
+    def _growing(self, cache: Any) -> Any:
+        if not hasattr(self, "_layer_class"):
+            self._layer_class = _growing_layer_class()
+        for layer in cache.layers:
+            if type(layer).__name__ == "DynamicLayer":
+                layer.__class__ = self._layer_class
+        return cache
+
+    @staticmethod
+    def _row(cache: Any, b: int, first: int, length: int, ids: list[int]) -> _Prefix:
+        """Row b's KV from column `first`, `length` columns, copied out of the batch."""
+        kv = [(layer.keys[b, :, first:first + length].clone(), layer.values[b, :, first:first + length].clone())
+              for layer in cache.layers]
+        return _Prefix(list(ids[:length]), kv)
+
+    # -- phase 2: sampling -------------------------------------------------------------
+
+    def _generate(self, requests: list[Request], stop_ids: list[int]) -> list[Generation]:
+        import torch
+
         n = len(requests)
+        if n == 0:
+            return []
         out_ids: list[list[int]] = [[] for _ in range(n)]
         out_lp: list[list[float]] = [[] for _ in range(n)]
         stopped = [False] * n
-        if n == 0:
-            return []
         dev = self.device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
-        width = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        prefixes = self._prefixes(requests)
+        P = max(len(p.ids) for p in prefixes)
+        cache = self._batch_cache(prefixes, P)
+        mask = torch.zeros((n, P + 1), dtype=torch.long)
+        for b, p in enumerate(prefixes):
+            mask[b, P - len(p.ids):] = 1
+        mask = mask.to(dev)
+        last_pos = torch.tensor([len(r.prompt_ids) - 1 for r in requests], device=dev)
+        next_ids = torch.tensor([r.prompt_ids[-1] for r in requests], device=dev)
         gens = [torch.Generator(device=dev).manual_seed(r.seed & 0x7FFF_FFFF_FFFF_FFFF) for r in requests]
-        budget = [r.max_new_tokens for r in requests]
         stop = torch.tensor(stop_ids, device=dev)
         rows = list(range(n))  # request index of each batch row
         active = set(rows)  # requests still generating
-        cache = DynamicCache()
+        fed = [0] * n  # generated tokens of each request that are in the cache
+
+        def keep(b: int, i: int) -> None:  # save request i's KV (batch row b) for its next turn
+            r = requests[i]
+            if r.key is not None:
+                ids = r.prompt_ids + out_ids[i][:fed[i]]
+                self._kept[r.key] = self._row(cache, b, P - len(prefixes[i].ids), len(ids), ids)
+
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True).logits[:, -1]
-            last_pos = positions[:, -1]
             while True:
+                logits = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                for i in rows:  # every token sampled so far has now been fed: it is in the cache
+                    fed[i] = len(out_ids[i])
                 # finished rows still in the batch sample too; their draws are discarded
                 next_ids, next_lp = sample_next(logits, self.sampling, [gens[i] for i in rows])
                 ids_list, lp_list = next_ids.tolist(), next_lp.tolist()
@@ -130,18 +295,21 @@ class HFBackend(Backend):
                     out_lp[i].append(lp_list[b])
                     if is_stop[b]:
                         stopped[i] = True
-                    if is_stop[b] or len(out_ids[i]) >= budget[i]:
+                    if is_stop[b] or len(out_ids[i]) >= requests[i].max_new_tokens:
                         active.discard(i)
                 if not active:
                     break
                 if len(active) <= len(rows) // 2:  # compact: drop finished rows from batch and cache
                     live = [b for b, i in enumerate(rows) if i in active]
-                    keep = torch.tensor(live, device=dev)
-                    cache.batch_select_indices(keep)
-                    mask, last_pos, next_ids = mask[keep], last_pos[keep], next_ids[keep]
+                    for b, i in enumerate(rows):
+                        if i not in active:
+                            keep(b, i)
+                    sel = torch.tensor(live, device=dev)
+                    cache.batch_select_indices(sel)
+                    mask, last_pos, next_ids = mask[sel], last_pos[sel], next_ids[sel]
                     rows = [rows[b] for b in live]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 last_pos = last_pos + 1
-                logits = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                                    past_key_values=cache, use_cache=True).logits[:, -1]
+        for b, i in enumerate(rows):
+            keep(b, i)
         return [Generation(out_ids[i], out_lp[i], stopped[i]) for i in range(n)]

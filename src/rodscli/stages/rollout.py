@@ -128,7 +128,11 @@ class EpisodeRun:
             self.finish("max_tokens")
             return None
         self.n_requests += 1
-        return Request(list(self.conv.token_ids), budget, derive_seed(self.seed, self.n_requests))
+        return Request(list(self.conv.token_ids), budget, derive_seed(self.seed, self.n_requests), key=self.key)
+
+    @property
+    def key(self) -> str:
+        return f"{group_id(self.task, self.opts.iteration)}/{self.sample_index}"
 
     def advance(self, gen: Generation) -> None:
         """Take the model's reply: run its tool calls, then insert what comes next."""
@@ -215,7 +219,7 @@ class EpisodeRun:
         gid = group_id(self.task, self.opts.iteration)
         conv = self.conv
         return {
-            "rollout_id": f"{gid}/{self.sample_index}",
+            "rollout_id": self.key,
             "task_id": self.task["id"],
             "group_id": gid,
             "sample_index": self.sample_index,
@@ -269,11 +273,13 @@ def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, see
             still = []
             for run in active:
                 if run.done:
+                    backend.release([run.key])
                     yield run.record(backend, seed)
                 else:
                     still.append(run)
             active = still
     finally:
+        backend.release([run.key for run in active])
         for run in active:
             run.close()
 
