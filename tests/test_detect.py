@@ -227,3 +227,16 @@ def test_contiguous_fast_path_agrees_with_the_hash_group_by():
     odd = [{**r, "skill": "base" if r["sample_index"] else "miss_func"} for r in rows if r["task_id"] == "t05"]
     assert _runs_stats(frame_of(odd).collect(), "task_id", "group_id") is None
     assert detect(odd)[0]["skill"] == "base"
+
+
+@pytest.mark.parametrize("value", [0.1, 0.2, 0.7, 0.85, 0.9, 1 / 3])
+def test_constant_groups_have_exactly_zero_variance(value):
+    """Summing 16 copies of 0.7 does not give 16 * 0.7 exactly; a constant group must still
+    have mean = its value and variance 0 (not informative) on both paths, with any size."""
+    rows = [{"task_id": f"t{n}", "reward": value, "skill": "base"} for n in (3, 7, 16) for _ in range(n)]
+    equal = [{"task_id": f"t{i}", "reward": value, "skill": "base"} for i in range(3) for _ in range(16)]
+    interleaved = rows[1:] + rows[:1]  # t3 in two runs: the hash group-by
+    for data in (rows, equal, interleaved):
+        for g in detect(data):
+            assert (g["mean"], g["var"], g["informative"]) == (value, 0.0, False), (g["task_id"], g["n"])
+            assert g["phi"] == 4 * value * (1 - value)

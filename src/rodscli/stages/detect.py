@@ -144,19 +144,25 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         return None
     r = df["reward"].to_numpy()
     n = np.diff(np.append(starts, len(r)))
-    mean = np.add.reduceat(r, starts) / n
-    dev = r - np.repeat(mean, n)  # two-pass variance: exact for the hand-computed cases
-    var = np.add.reduceat(dev * dev, starts) / n
-    it = df["iteration"]
     lowest = np.iinfo(np.int64).min
-    it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
+    it = df["iteration"].fill_null(lowest).to_numpy()
+    if (n == n[0]).all():  # every group has G rows (the usual case): a G-column matrix
+        m = r.reshape(-1, n[0])
+        mean, var, lo, hi = m.mean(axis=1), m.var(axis=1), m.min(axis=1), m.max(axis=1)
+        it_max = it.reshape(-1, n[0]).max(axis=1)
+    else:
+        mean = np.add.reduceat(r, starts) / n
+        dev = r - np.repeat(mean, n)  # two-pass variance
+        var = np.add.reduceat(dev * dev, starts) / n
+        lo, hi = np.minimum.reduceat(r, starts), np.maximum.reduceat(r, starts)
+        it_max = np.maximum.reduceat(it, starts)
     # the other id is kept when it is the same on every row of the group
     mixed = np.logical_or.reduceat(flags["mixed"].to_numpy(), starts)
     return pl.DataFrame({
         by: keys,
         "n": pl.Series(n, dtype=pl.UInt32),
         "mean": mean, "var": var,
-        "min": np.minimum.reduceat(r, starts), "max": np.maximum.reduceat(r, starts),
+        "min": lo, "max": hi,
         "skill": df["skill"].gather(starts), "domain": df["domain"].gather(starts),
         "origin": df["origin"].gather(starts),
         "iteration": pl.Series(it_max, dtype=pl.Int64).replace(lowest, None),
@@ -197,10 +203,16 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
     if not (cfg.by == "task_id" and stats["task_id"].is_sorted()):  # rollouts usually come in task order
         stats = stats.sort("task_id", "group_id", nulls_last=True)
     mean = pl.col("mean").clip(0.0, 1.0)
+    constant = pl.col("min") == pl.col("max")
     return (
         stats.lazy()
+        # a constant group has mean = its value and variance 0 exactly (summation rounding
+        # would leave ~1e-33 and call a zero-gradient group informative)
         .with_columns(
-            pl.col("var").clip(lower_bound=0.0),
+            pl.when(constant).then(pl.col("min")).otherwise(pl.col("mean")).alias("mean"),
+            pl.when(constant).then(0.0).otherwise(pl.col("var").clip(lower_bound=0.0)).alias("var"),
+        )
+        .with_columns(
             (4.0 * mean * (1.0 - mean)).alias("phi"),  # Popoviciu bound of a [0,1] reward's variance
             pl.when(pl.col("mean") < cfg.alpha_low).then(pl.lit("hard"))
             .when(pl.col("mean") > cfg.alpha_high).then(pl.lit("mastered"))
