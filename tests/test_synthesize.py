@@ -16,7 +16,14 @@ from rodscli.cli import app, main
 from rodscli.envs.base import replay_reference
 from rodscli.envs.builtin import seed_tasks
 from rodscli.profile import profile_distance
-from rodscli.stages.synthesize import DuplicateIndex, SynthesizeOptions, call_keys, synthesize
+from rodscli.stages.synthesize import (
+    DuplicateIndex,
+    SynthesizeOptions,
+    _value_text,
+    call_keys,
+    critique,
+    synthesize,
+)
 
 
 @functools.cache
@@ -215,3 +222,38 @@ def test_bfcl_acceptance_100_seeds_x_4_variants():
         assert profile_distance(c["profile"], by_id[c["parent_id"]]["profile"]) <= 0.15
         assert idx.max_jaccard(call_keys(c)) < 0.7
         idx.add(call_keys(c))
+
+
+# ------------------------------------------------------------------------------- the llm writer
+
+
+def test_critique_keeps_values_and_withholds_the_rest():
+    t = "Please find a customer by full name with name 'Ada Moreno', then get a customer's full record."
+    values = {"'Ada Moreno'", "'C-0001'"}
+    assert critique("Could you look up the customer named 'Ada Moreno' and get their full record?", t, values)
+    assert not critique("Look up the customer record, please.", t, values)  # dropped a value
+    assert not critique("Find customer 'Ada Moreno' with id 'C-0001' and get the full record.", t, values)  # gave one away
+    assert not critique("ulpon97ures taken freeberg14902 alsoremove0116 customer 'Ada Moreno' vera0160 full record", t, values)
+    assert not critique("", t, values)
+
+
+@pytest.mark.slow
+def test_llm_writer_with_the_tiny_policy(tmp_path):
+    """A real (tiny, untrained) policy rewrites; every turn is its rewrite that passed the
+    critic or else the template's turn, and the tasks are the template writer's otherwise."""
+    from rodscli.policy.tiny import init_policy
+
+    init_policy(tmp_path / "tiny")
+    tasks = seeds(1)[:2]
+    plain, _ = synthesize(tasks, tasks, SynthesizeOptions(per_seed=1))
+    llm, stats = synthesize(seeds(1)[:2], seeds(1)[:2],
+                            SynthesizeOptions(per_seed=1, writer="llm", policy=str(tmp_path / "tiny")))
+    assert [c["reference"] for c in llm] == [c["reference"] for c in plain]
+    assert stats["turns"] == sum(len(c["user_turns"]) for c in llm)
+    for a, b in zip(plain, llm, strict=True):
+        flags = b["synthesis"]["rewritten"]
+        assert len(flags) == len(b["user_turns"])
+        values = {_value_text(v) for turn in b["reference"] for c in turn for v in c["arguments"].values()}
+        for ok, before, after in zip(flags, a["user_turns"], b["user_turns"], strict=True):
+            assert after == before if not ok else critique(after, before, values)
+    assert stats["rewritten_turns"] == sum(sum(c["synthesis"]["rewritten"]) for c in llm)

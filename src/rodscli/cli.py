@@ -387,6 +387,9 @@ def synthesize(
     max_jaccard: float = _synth_opt("max_jaccard", "--max-jaccard"),
     attempts: int = _synth_opt("attempts", "--attempts"),
     repairs: int = _synth_opt("repairs", "--repairs"),
+    swap: float = _synth_opt("swap", "--swap"),
+    policy: str = _synth_opt("policy", "--policy"),
+    backend: str = _synth_opt("backend", "--backend"),
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
@@ -399,7 +402,7 @@ def synthesize(
     if groups is not None and tasks is None and buffer is None:
         raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
     opts = _Synth(per_seed=per_seed, iteration=iteration, writer=writer, tolerance=tolerance, max_jaccard=max_jaccard,
-                  attempts=attempts, repairs=repairs, seed=Globals.seed)
+                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend, seed=Globals.seed)
     known: list[dict] = []
     if tasks:
         known += records.read_all(tasks, "task", Globals.validate)
@@ -416,6 +419,8 @@ def synthesize(
     records.write_records(out, candidates, "task", validate=Globals.validate,
                           provenance_info=provenance(inputs, iteration=iteration, synthesis=stats))
     rejected = ", ".join(f"{k}={v}" for k, v in stats["rejected"].items())
+    if "rewritten_turns" in stats:
+        rejected += f"; llm writer: {stats['rewritten_turns']}/{stats['turns']} turns rewritten, the rest kept from the template"
     console.info(f"synthesize: {len(seed_list)} seed(s), {stats['accepted']}/{stats['requested']} variants accepted "
                  f"in {stats['attempted']} attempts; rejected: {rejected} -> {out}")
 

@@ -52,7 +52,7 @@ from rodscli.profile import (
 )
 
 REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplicate", "trivial")
-WRITERS = ("template",)
+WRITERS = ("template", "llm")
 RESTARTS = 4  # executions of one attempt in the same world before it is given up
 MAX_PATHS = 12  # state paths remembered per argument value (the first ones in state order)
 
@@ -63,7 +63,9 @@ MAX_PATHS = 12  # state paths remembered per argument value (the first ones in s
 class SynthesizeOptions:
     per_seed: int = option(4, help="Variants to make per selected seed task (0: write an empty candidates file).")
     iteration: int = option(0, help="Loop iteration n; candidates become trainable from n + 1.")
-    writer: str = option("template", help="How user turns are written: template (deterministic).")
+    writer: str = option("template", help="How user turns are written: template (deterministic), or llm (a policy rewrites each template turn; a rewrite is kept only when the critic passes it).")
+    policy: str | None = option(None, help="llm writer: the policy checkpoint that rewrites (any Hugging Face checkpoint directory).")
+    backend: str = option("hf", help="llm writer: the rollout backend that runs the policy (hf, vllm, openai).")
     tolerance: float = option(0.15, help="Largest accepted profile distance between a candidate and its seed (0..1).")
     max_jaccard: float = option(0.7, help="Reject a candidate whose call-sequence Jaccard similarity to a known task or accepted candidate is at least this.")
     attempts: int = option(6, help="Attempts per requested variant (each on a new world) before giving up on it.")
@@ -911,6 +913,76 @@ def write_turns(plan: Plan, run: Execution, rng: random.Random) -> list[str]:
     return texts
 
 
+# ------------------------------------------------------------------------------- the llm writer
+
+REWRITE_PROMPT = ("Rewrite the user's request below the way a person would say it to an assistant. "
+                  "Keep every quoted value exactly as written, add no value of your own, and answer "
+                  "with the rewritten request only.")
+
+
+def critique(rewrite: str, template: str, values: set[str]) -> bool:
+    """Whether a rewrite may replace the template turn: it is a plain request of sensible
+    length, names every value the template names, and no value the template kept back (a
+    value the agent must look up or ask for)."""
+    text = rewrite.strip()
+    if not text or len(text) > 3 * len(template) + 80 or "<tool_call>" in text:
+        return False
+    # prose, not token soup: most whitespace-separated pieces are words, numbers or quoted values
+    pieces = text.split()
+    if sum(1 for p in pieces if re.fullmatch(r"[(\"']?[A-Za-z][a-z]*[)\"'.,;:!?]*|[$]?[\d.,:-]+|'[^']*'?", p)) < 0.7 * len(pieces):
+        return False
+    # still about the same things: most of the template's content words are there
+    words = set(re.findall(r"[a-z]{4,}", template.lower()))
+    if words and len(words & set(re.findall(r"[a-z]{4,}", text.lower()))) < 0.4 * len(words):
+        return False
+    for v in values:
+        bare = v.strip("'")
+        if len(bare) < 3:
+            continue
+        if (bare in template) != (bare in text):
+            return False
+    return True
+
+
+class LLMWriter:
+    """Rewrites the template's user turns with a rollout backend, turn by turn, in batches."""
+
+    def __init__(self, policy: str, backend: str = "hf", seed: int = 0, max_new_tokens: int = 96):
+        from rodscli.policy.chat import ChatFormat
+        from rodscli.stages.rollout import RolloutOptions, load_backend
+
+        self.backend = load_backend(policy, RolloutOptions(backend=backend, temperature=0.7))
+        self.chat = ChatFormat(self.backend.tokenizer)
+        self.seed, self.max_new_tokens = seed, max_new_tokens
+
+    def rewrite(self, tasks: list[dict], batch: int = 32) -> int:
+        """Rewrite the user turns of `tasks` in place; the number of turns rewritten."""
+        from rodscli.policy.base import Request
+
+        jobs = [(t, k) for t in tasks for k in range(len(t["user_turns"]))]
+        kept = 0
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start:start + batch]
+            requests = []
+            for n, (t, k) in enumerate(chunk):
+                prompt = self.chat.render([{"role": "system", "content": REWRITE_PROMPT},
+                                           {"role": "user", "content": t["user_turns"][k]}])
+                requests.append(Request(self.chat.encode(prompt), self.max_new_tokens, self.seed + start + n))
+            for (t, k), gen in zip(chunk, self.backend.generate(requests, self.chat.stop_ids), strict=True):
+                ids = [i for i in gen.token_ids if i not in self.chat.stop_ids]
+                text = self.chat.decode(ids).strip()
+                values = {_value_text(v) for turn in t["reference"] for c in turn for v in c["arguments"].values()}
+                ok = gen.stopped and critique(text, t["user_turns"][k], values)
+                t["synthesis"].setdefault("rewritten", []).append(ok)
+                if ok:
+                    t["user_turns"][k] = text
+                    kept += 1
+        return kept
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 # ------------------------------------------------------------------------------- near-duplicates
 
 
@@ -1078,10 +1150,20 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
                progress: Callable[[list, str], Iterable] | None = None) -> tuple[list[dict], dict]:
     """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason)."""
     synth = Synthesizer(opts, known)
+    if opts.writer == "llm" and not opts.policy:
+        raise OptionError("the llm writer needs --policy (a checkpoint to rewrite the user turns with)", field="--policy")
     out: list[dict] = []
     for seed in (progress(seeds, "synthesize") if progress and opts.per_seed else seeds):
         out.extend(synth.variants(seed))
-    return out, synth.stats(len(out), len(seeds) * opts.per_seed)
+    stats = synth.stats(len(out), len(seeds) * opts.per_seed)
+    if opts.writer == "llm" and out:
+        writer = LLMWriter(opts.policy, opts.backend, opts.seed)  # type: ignore[arg-type]
+        try:
+            stats["rewritten_turns"] = writer.rewrite(out)
+        finally:
+            writer.close()
+        stats["turns"] = sum(len(t["user_turns"]) for t in out)
+    return out, stats
 
 
 def selected_seeds(groups: list[dict], tasks_by_id: dict[str, dict], where: str) -> list[dict]:
