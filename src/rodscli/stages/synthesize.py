@@ -2,28 +2,41 @@
 
 For each seed task, new tasks x' are made whose profile Phi(x') matches Phi(seed) while the
 world, the entities and the wording are new. The seed's executed reference is read as a
-*plan*: per call, each argument is bound to a source in the API dependency graph:
+*plan* over the API dependency graph: per call, each argument is bound to a source:
 
-- `flow`: the value comes from the result of an earlier call (the JSON path inside it);
+- `flow`: the value comes from the result of an earlier call (the JSON path inside it; a
+  list argument may take each element from an earlier result, like numbers to average);
 - `state`: the value names something in the live state (a path whose collection levels
   are wildcards, e.g. customers.*.name; arguments of one call that point into the same
-  entity are bound jointly, so that a file's name and folder stay one file);
-- `literal`: anything else (a new address, a quantity): drawn from the values the mined
-  API graph has seen for that tool argument, never invented. Enum arguments keep the
-  seed's value: the plan's meaning hangs on them (list the *shipped* orders).
+  entity are bound jointly, a path step naming an earlier choice stays that choice, and
+  a key must name the same kind of entity: a file's name and folder stay one file);
+- `literal`: anything else (a new address, a quantity): drawn from the reference calls of
+  known tasks (the mined API graph), the k-th call of a tool from the k-th call of that
+  tool in one donor task, never invented. Enum arguments keep the seed's value: the
+  plan's meaning hangs on them (list the *shipped* orders).
+
+A leaf step (nothing flows in or out) may be done by another tool of its class with
+arguments of one of its observed calls (`--swap`): Phi does not count tool names.
 
 A candidate is made on a new world (builtin: the domain's world generator; other
-families: the state of another known task with the same classes, else the seed's):
-every argument is grounded in the live state at the moment of its call, the call is
-executed, and a failing call is re-grounded a bounded number of times (repair). The
+families: the state of another known task with the same classes, every other attempt the
+seed's own): every argument is grounded in the live state at the moment of its call and
+the call is executed. Repair is bounded: a call that fails, or that changes state where
+the seed's did not (or the other way round: Phi's state edges hang on it; the change is
+undone), is re-grounded up to `--repairs` times; an execution that still fails starts
+over in the same world a few times, the last time with the seed's literal values. The
 executed calls, turn by turn, are the reference; the user turns are written afterwards
-(template writer), with the seed's skill augmentation (miss_func: the same tool withheld
-until the same turn; miss_param: one required value left out of the request and supplied
-by the next user turn; long_context: a large world). Filters, each a rejection reason:
-replay on a fresh episode gives the same results and state (`replay_failed`), profile
-distance to the seed within tolerance (`profile_mismatch`), Jaccard similarity of call
-sequences below 0.7 against every known task and every accepted candidate
-(`near_duplicate`), at least one call (`trivial`). Deterministic in the seed.
+(template writer, or `llm`: a policy rewrites each template turn and a critic keeps the
+rewrite only when it names the same values), with the seed's skill augmentation
+(miss_func: the same tool withheld until the same turn; miss_param: one required value
+left out of the request and supplied by the next user turn; long_context: a large world).
+
+Filters, each a rejection reason counted per attempt: the execution failed
+(`execution_failed`), a replay on a fresh episode gives other results or another final
+state (`replay_failed`), profile distance to the seed above tolerance
+(`profile_mismatch`), Jaccard similarity of call sequences (name and arguments) >= 0.7
+against a known task or an accepted candidate (`near_duplicate`), no call at all
+(`trivial`). Deterministic in the seed.
 """
 
 from __future__ import annotations
@@ -556,8 +569,12 @@ class Grounder:
                 if not options:  # this world has no such entity: a value the API graph has seen
                     literal[arg] = value
                     continue
-                different = [o for o in options if o[1] != value]
-                p, v = self.rng.choice(different or options)
+                # distinct entities in the seed stay distinct (two products stay two), else
+                # an accidental flow edge changes Phi; and prefer something other than the seed's
+                taken = {_memo_key(v) for k, v in self.memo.items() if k != key}
+                fresh_options = [o for o in options if _memo_key(o[1]) not in taken] or options
+                different = [o for o in fresh_options if o[1] != value]
+                p, v = self.rng.choice(different or fresh_options)
                 chosen[arg], paths[arg] = v, p
             else:
                 literal[arg] = value
