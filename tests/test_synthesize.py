@@ -15,7 +15,7 @@ from rodscli import records, schemas
 from rodscli.cli import app, main
 from rodscli.envs.base import replay_reference
 from rodscli.envs.builtin import seed_tasks
-from rodscli.profile import profile_distance
+from rodscli.profile import compute_profile, profile_distance
 from rodscli.stages.synthesize import (
     DuplicateIndex,
     SynthesizeOptions,
@@ -53,6 +53,7 @@ def test_variants_replay_match_profile_and_carry_lineage():
         assert c["skill"] == parent["skill"] and len(c["user_turns"]) == len(c["reference"]) == len(parent["reference"])
         trace = replay_reference(c)
         assert trace.ok, c["id"]
+        assert c["profile"] == compute_profile(c)  # the stored Phi is the one a fresh replay gives
         d = profile_distance(c["profile"], parent["profile"])
         assert d <= 0.15 and c["synthesis"]["profile_distance"] == round(d, 4)
         assert c["synthesis"]["seed_id"] == parent["id"]

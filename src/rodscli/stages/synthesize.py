@@ -648,6 +648,23 @@ class Execution:
     tools: dict[str, dict]  # tool name -> schema
     parsed: list[Any]  # each call's result as JSON data (None for plain text)
     steps: list[Step]  # the steps as done (a leaf step may have been done by another tool)
+    mutated: list[bool | None]  # each call: whether it changed its class's state (None: unknown)
+    owners: list[str]  # each call: the class it ran on
+
+    def call_trace(self) -> CallTrace | None:
+        """The executed calls as Phi's CallTrace, when every state change is known: a
+        generation that ran no failed call is exactly what a replay runs."""
+        if self.repairs or any(m is None for m in self.mutated):
+            return None
+        trace, k = CallTrace(), 0
+        for turn in self.reference:
+            n = len(turn)
+            trace.results.append(self.results[k:k + n])
+            trace.errors.append([None] * n)
+            trace.mutated.append([bool(m) for m in self.mutated[k:k + n]])
+            trace.owners.append(self.owners[k:k + n])
+            k += n
+        return trace
 
 
 def _save(ep: Episode, name: str) -> tuple[Any, bytes, str] | None:
@@ -725,6 +742,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     kinds: Counter = Counter()
     leaves = leaf_steps(plan) if swap else set()
     cache: dict[str, Any] = {}  # class -> its state as JSON data, while unchanged
+    mutated: list[bool | None] = []  # each executed call: did it change its class (None: unknown)
+    call_owners: list[str] = []
     avoid = {w["tool"] for w in task.get("withheld") or []}
     ep: Episode = open_episode(task)
     try:
@@ -776,6 +795,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             results.append(out.result or "")
             g.parsed.append(parsed)
             done.append(used)
+            mutated.append(None if saved is None else changed)
+            call_owners.append("" if saved is None else saved[2])
             kinds.update(s.kind for s in used.sources.values())
             if used is not step:
                 kinds["swapped"] += 1
@@ -783,7 +804,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
         tools = dict(ep.tool_index())
     finally:
         ep.close()
-    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed, done)
+    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed, done, mutated, call_owners)
 
 
 # ------------------------------------------------------------------------------- the template writer
@@ -1037,12 +1058,22 @@ class DuplicateIndex:
 # ------------------------------------------------------------------------------- the stage
 
 
-def _replays(task: dict, results: list[str], final: str | None) -> tuple[bool, CallTrace]:
+def _replays(task: dict, results: list[str], final: str | None, known: CallTrace | None = None) -> tuple[bool, CallTrace]:
     """The reference on a fresh episode: no error, the same results, the same final state
-    (when `final` is given)."""
+    (when `final` is given). With `known` (the generation's own trace) the replay only runs
+    the calls; else it also fingerprints the state around each call for Phi."""
     ep = open_episode(task)
     try:
-        trace = trace_calls(task, ep)
+        if known is None:
+            trace = trace_calls(task, ep)
+        else:
+            trace = CallTrace()
+            for turn, calls in enumerate(task["reference"]):
+                offered = {tool_name(t) for t in offered_tools(task, ep, turn)}
+                outs = [ep.call(c["name"], c["arguments"], offered) for c in calls]
+                trace.results.append([o.result or "" for o in outs])
+                trace.errors.append([o.error for o in outs])
+            trace.mutated, trace.owners = known.mutated, known.owners
         try:
             same_state = final is None or state_hash(ep.snapshot()) == final
         except RecursionError:
@@ -1119,7 +1150,7 @@ class Synthesizer:
             return None, "trivial"
         # a repaired step ran failed calls in the generating episode, which may have touched
         # state no replay sees: then the results must agree, the final state is the replay's
-        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None)
+        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, run.call_trace())
         if not ok:
             return None, "replay_failed"
         profile = compute_profile(cand, trace)
