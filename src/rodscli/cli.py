@@ -393,9 +393,10 @@ def synthesize(
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
-    Each seed's reference is read as a plan over the API dependency graph; variants are
-    grounded in new worlds, executed, written, and kept only when they replay, match the
-    seed's profile and are no near-duplicate. Rejections are counted by reason on stderr.
+    Each seed's reference is read as a plan over the API dependency graph; variants
+    are grounded in new worlds, executed, written, and kept only when they replay,
+    match the seed's profile and are no near-duplicate. Rejections are counted by
+    reason on stderr and in the output's provenance.
     """
     if (groups is None) == (seeds is None):
         raise RodsError("give exactly one of --groups (with --tasks and/or --buffer) and --seeds", field="--groups")
