@@ -332,6 +332,14 @@ def test_sft_raises_the_likelihood_of_reference_tokens(policy, tmp_path):
     assert after > before + 1.0
 
 
+def test_default_learning_rates(policy, tmp_path):
+    (tmp_path / "rods_policy.json").write_text(json.dumps({"kind": "rods-tiny"}))
+    assert T.TrainOptions().learning_rate(tmp_path) == 1e-6  # grpo
+    assert T.TrainOptions(mode="sft").learning_rate(tmp_path) == 3e-3  # random init: large steps
+    assert T.TrainOptions(mode="sft").learning_rate(policy) == 1e-5  # any other (pretrained) checkpoint
+    assert T.TrainOptions(mode="sft", lr=0.1).learning_rate(tmp_path) == 0.1
+
+
 def test_lora_update_is_merged_into_plain_weights(policy, tmp_path):
     metrics = T.train_step(policy, batch(seed=10), tmp_path / "lora", T.TrainOptions(lr=1e-2, lora_r=4), seed=0)
     assert metrics["updated"] and metrics["extra"]["lora_r"] == 4

@@ -49,7 +49,7 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr-grpo")
 @dataclass
 class TrainOptions:
     mode: str = option("grpo", help="grpo: one GRPO update on scored rollouts; sft: warm start on the tasks' reference solutions (--tasks).")
-    lr: float | None = option(None, help="AdamW learning rate (default: 1e-6 for grpo, 5e-4 for sft).")
+    lr: float | None = option(None, help="AdamW learning rate (default: grpo 1e-6; sft 3e-3 for the randomly initialised rods tiny policy, 1e-5 for a pretrained one).")
     weight_decay: float = option(0.0, help="AdamW weight decay.")
     beta1: float = option(0.9, help="AdamW beta1.")
     beta2: float = option(0.999, help="AdamW beta2.")
@@ -64,15 +64,20 @@ class TrainOptions:
     micro_batch_tokens: int = option(4096, help="Padded tokens per micro-batch (forward/backward); gradients accumulate to one optimizer step.")
     ppo_epochs: int = option(1, help="Passes over the batch (grpo); each pass takes --mini-batches optimizer steps.")
     mini_batches: int = option(1, help="Optimizer steps per pass over the batch (grpo).")
-    epochs: int = option(1, help="Passes over the reference solutions (sft).")
-    batch_tokens: int = option(8192, help="Padded tokens per optimizer step (sft).")
+    epochs: int = option(2, help="Passes over the reference solutions (sft).")
+    batch_tokens: int = option(4096, help="Tokens per optimizer step (sft; about two built-in task solutions).")
     temperature: float = option(1.0, help="Sampling temperature of the rollouts: logits are divided by it so ratios compare like with like.")
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
 
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (5e-4 if self.mode == "sft" else 1e-6)
+    def learning_rate(self, policy: str | Path | None = None) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.mode == "grpo":
+            return 1e-6
+        # SFT from random weights (rods init-policy) needs a large step; a pretrained LM a small one
+        return 3e-3 if _policy_kind(policy) == "rods-tiny" else 1e-5
 
     def check(self) -> None:
         choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS}
@@ -293,6 +298,17 @@ def accumulate(module, ref_module, step_seqs: list[Sequence], cfg: TrainOptions,
 # checkpoints
 
 
+def _policy_kind(policy: str | Path | None) -> str | None:
+    """`kind` of the policy's rods_policy.json (written by rods init-policy), if any."""
+    path = Path(policy) / "rods_policy.json" if policy is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("kind")
+    except (ValueError, AttributeError):
+        return None
+
+
 def read_state(policy: str | Path) -> dict:
     path = Path(policy) / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else {"step": 0}
@@ -394,7 +410,7 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         model = _apply_lora(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = cfg.learning_rate()
+    lr = cfg.learning_rate(policy)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     restored = _restore_optimizer(optimizer, model, policy, state, cfg, lr)
     module = accelerator.prepare_model(grpo.TokenLogprobs(model, cfg.temperature))
