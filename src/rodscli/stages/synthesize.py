@@ -1190,8 +1190,15 @@ class Synthesizer:
         return task, "accepted"
 
     def stats(self, accepted: int, requested: int) -> dict:
+        feeds = sorted(self.graph.feeds.items(), key=lambda kv: (-kv[1], kv[0]))
         return {"requested": requested, "attempted": self.attempted, "accepted": accepted,
-                "rejected": {r: self.rejected.get(r, 0) for r in REASONS}}
+                "rejected": {r: self.rejected.get(r, 0) for r in REASONS},
+                # the mined API graph: tools with observed calls, and the flow edges the
+                # seeds' plans used (producer -> consumer.argument), most used first
+                "api_graph": {"tools": len(self.graph.calls),
+                              "observed_calls": sum(len(v) for v in self.graph.calls.values()),
+                              "flow_edges": len(feeds),
+                              "top_flows": {f"{p} -> {c}.{a}": n for (p, c, a), n in feeds[:10]}}}
 
 
 def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
