@@ -81,7 +81,7 @@ class SynthesizeOptions:
     backend: str = option("hf", help="llm writer: the rollout backend that runs the policy (hf, vllm, openai).")
     tolerance: float = option(0.15, help="Largest accepted profile distance between a candidate and its seed (0..1).")
     max_jaccard: float = option(0.7, help="Reject a candidate whose call-sequence Jaccard similarity to a known task or accepted candidate is at least this.")
-    attempts: int = option(6, help="Attempts per requested variant (each on a new world) before giving up on it.")
+    attempts: int = option(8, help="Attempts per requested variant (each on a new world) before giving up on it.")
     repairs: int = option(4, help="Re-groundings of one failing call within an attempt (bounded repair).")
     swap: float = option(0.3, help="Chance that a leaf step (nothing flows in or out) is done by another tool of its class, drawn from the API graph.")
     seed: int = option(0, help="Seed of the world, entity and wording choices.")
