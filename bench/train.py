@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(len(s.token_ids) for s in seqs)
         n_params = sum(p.numel() for p in model_rods.parameters())
 
+        # TRL's trainer first: it sets up accelerate's process state (bf16 on CUDA), which rods reuses
+        trainer = trl_trainer(model_trl, policy, cfg, args.trl_chunk, workdir, bf16)
         accelerator = Accelerator(cpu=device.type == "cpu")
         module = grpo.TokenLogprobs(model_rods)
-        trainer = trl_trainer(model_trl, policy, cfg, args.trl_chunk, workdir, bf16)
         pad = model_rods.config.pad_token_id if model_rods.config.pad_token_id is not None else 0
         trl_inputs = trl_batches(seqs, args.trl_chunk, pad, device)
 
