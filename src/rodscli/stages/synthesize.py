@@ -256,7 +256,6 @@ class Plan:
     steps: list[Step]
     n_turns: int
     profile: dict
-    results: list[str]
     mutated: list[bool]  # whether each seed call changed its owner's state (Phi's state edges hang on it)
     occurrence: list[int] = field(default_factory=list)  # each step: how many earlier steps call the same tool
 
@@ -272,7 +271,6 @@ def make_plan(seed: dict) -> Plan:
     try:
         index = ep.tool_index()
         steps: list[Step] = []
-        results: list[str] = []
         parsed: list[Any] = []
         for turn, calls in enumerate(seed["reference"]):
             offered = {tool_name(t) for t in offered_tools(seed, ep, turn)}
@@ -290,7 +288,6 @@ def make_plan(seed: dict) -> Plan:
                         src.shape = shape(follow(live, src.path))
                 steps.append(Step(turn, c["name"], c["arguments"], sources, len(steps)))
                 out = ep.call(c["name"], c["arguments"], offered)
-                results.append(out.result or "")
                 parsed.append(_parse(out.result or "") if out.ok else None)
     finally:
         ep.close()
@@ -302,7 +299,7 @@ def make_plan(seed: dict) -> Plan:
     for st in steps:
         occurrence.append(seen[st.name])
         seen[st.name] += 1
-    return Plan(seed, steps, len(seed["reference"]), profile, results, mutated, occurrence)
+    return Plan(seed, steps, len(seed["reference"]), profile, mutated, occurrence)
 
 
 def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Source | None:
