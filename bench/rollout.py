@@ -28,28 +28,23 @@ import torch
 
 from rodscli.envs.base import offered_tools, open_episode, tool_name
 from rodscli.envs.builtin import seed_tasks
-from rodscli.policy.base import Sampling
+from rodscli.policy.base import Sampling, load_tokenizer
 from rodscli.policy.chat import DEFAULT_SYSTEM_PROMPT, ChatFormat, parse_tool_calls, revealed_tools
 from rodscli.policy.hf import HFBackend
 from rodscli.stages.rollout import RolloutOptions, rollout
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import qwen_config  # noqa: E402  (the same Qwen2.5-0.5B shape as bench/train.py)
+import train  # noqa: E402  (bench/train.py: the tiny policy and the Qwen2.5-0.5B shape)
 
 
 def make_policy(args, workdir: Path) -> Path:
-    if args.policy:
-        return Path(args.policy)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = train.make_policy(argparse.Namespace(policy=args.policy, model="tiny"), workdir)
+    if args.model == "qwen-0.5b" and not args.policy:
+        from transformers import AutoModelForCausalLM
 
-    from rodscli.policy.tiny import init_policy
-
-    out = workdir / "tiny"
-    init_policy(out, seed=0)
-    if args.model == "qwen-0.5b":
         torch.manual_seed(0)
-        vocab = len(AutoTokenizer.from_pretrained(out))
-        AutoModelForCausalLM.from_config(qwen_config(vocab)).save_pretrained(out)  # keeps the tiny tokenizer
+        vocab = len(load_tokenizer(out))  # the model samples only ids the tokenizer can decode
+        AutoModelForCausalLM.from_config(train.qwen_config(vocab)).save_pretrained(out)
     return out
 
 

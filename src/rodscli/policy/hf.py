@@ -2,11 +2,12 @@
 
 One `generate` call continues all the episodes that wait for a reply together, in two phases:
 
-1. extend: each episode's KV cache, kept from its previous reply (keyed by `Request.key`),
-   is extended with the tokens it has not seen yet (the inserted tool/user segment), all
-   but the last prompt token. Episodes with no cache that share a prompt (the G samples of
-   one task) are prefilled once. Rows of similar length go in one forward pass: their
-   caches left-padded to a common width, their new tokens right-padded after it.
+1. extend: each prompt, all but its last token, starts from the longest prefix that a kept
+   KV cache shares with it: its own episode's, kept from its previous reply (keyed by
+   `Request.key`), or another episode's (tasks of one domain share the system prompt and
+   tool schemas); only the tokens after that prefix are computed. Identical prompts (the G
+   samples of a task) are computed once. Rows with similar numbers of new tokens go in one
+   forward pass: their caches left-padded to a common width, their new tokens right-padded.
 2. decode: the rows' caches are left-padded into one batch, the last prompt token is fed,
    then every row samples step by step until all have stopped; rows that stopped leave the
    batch (and the cache) as soon as half of them are done, their KV saved for their next turn.
@@ -88,10 +89,15 @@ class _Prefix:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
+    """Length of the longest common prefix (binary search over slice comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _growing_layer_class() -> type:
@@ -158,36 +164,55 @@ class HFBackend(Backend):
     # -- phase 1: caches up to the last prompt token ----------------------------------
 
     def _prefixes(self, requests: list[Request]) -> list[_Prefix]:
-        """For each request, the KV of all its prompt ids but the last."""
-        empty = _Prefix([], [])
+        """For each request, the KV of all its prompt ids but the last.
+
+        Each prompt starts from the longest prefix any kept KV shares with it: its own
+        episode's (the history up to its last reply) or another episode's (the system
+        prompt and tool schemas that tasks of one domain share). Identical prompts (the G
+        samples of a task) are computed once. A prompt that shares little with anything kept
+        is computed alone first, so that the prompts after it can start from it.
+        """
         out: list[_Prefix | None] = [None] * len(requests)
-        jobs: dict[Any, list[int]] = {}  # one job per distinct (start, ids): rows sharing it
-        starts: dict[Any, _Prefix] = {}
+        jobs: dict[tuple[int, ...], list[int]] = {}  # distinct prompts still to compute -> their rows
+        own: dict[tuple[int, ...], tuple[int, _Prefix]] = {}  # prompt -> what its episode's cache covers
         for i, r in enumerate(requests):
             want = r.prompt_ids[:-1]
             kept = self._kept.get(r.key) if r.key is not None else None
             n = _common_prefix(kept.ids, want) if kept is not None else 0
-            start = kept.crop(n) if n else empty
-            if n == len(want):
-                out[i] = start
+            if kept is not None and n == len(want):
+                out[i] = kept.crop(n)
                 continue
-            job = (r.key, tuple(want)) if n else (None, tuple(want))
-            jobs.setdefault(job, []).append(i)
-            starts[job] = start
-        # similar numbers of new tokens share a forward pass (padding stays below half)
-        order = sorted(jobs, key=lambda j: len(j[1]) - len(starts[j].ids), reverse=True)
-        while order:
-            s_max = len(order[0][1]) - len(starts[order[0]].ids)
-            chunk = []
-            for job in order:
-                s = len(job[1]) - len(starts[job].ids)
-                width = max([len(starts[j].ids) for j in chunk + [job]]) + s_max
-                if chunk and (2 * s < s_max or (len(chunk) + 1) * s_max * width > _EXTEND_BUDGET):
-                    break
-                chunk.append(job)
-            order = order[len(chunk):]
-            for job, prefix in zip(chunk, self._extend([starts[j] for j in chunk], [list(j[1]) for j in chunk]), strict=True):
-                for i in jobs[job]:
+            jobs.setdefault(tuple(want), []).append(i)
+            if kept is not None:
+                own[tuple(want)] = (n, kept)
+        computed: list[_Prefix] = []
+        while jobs:
+            pool = list(self._kept.values()) + computed
+            starts = {}
+            for want in jobs:
+                n, best = own.get(want, (0, None))
+                if 2 * n < len(want):  # its own history covers little: look at every kept cache
+                    for p in pool:
+                        m = _common_prefix(p.ids, list(want))
+                        if m > n:
+                            n, best = m, p
+                starts[want] = best.crop(n) if n else _Prefix([], [])
+            order = sorted(jobs, key=lambda w: len(w) - len(starts[w].ids), reverse=True)
+            first = order[0]
+            if 2 * len(starts[first].ids) < len(first) and len(order) > 1:
+                chunk = [first]  # mostly new: compute it alone, the others may share its prefix
+            else:  # similar numbers of new tokens share a forward pass (padding stays below half)
+                s_max = len(first) - len(starts[first].ids)
+                chunk = []
+                for want in order:
+                    s = len(want) - len(starts[want].ids)
+                    width = max(len(starts[w].ids) for w in [*chunk, want]) + s_max
+                    if chunk and (2 * s < s_max or (len(chunk) + 1) * s_max * width > _EXTEND_BUDGET):
+                        break
+                    chunk.append(want)
+            for want, prefix in zip(chunk, self._extend([starts[w] for w in chunk], [list(w) for w in chunk]), strict=True):
+                computed.append(prefix)
+                for i in jobs.pop(want):
                     out[i] = prefix
         return out  # type: ignore[return-value]
 
