@@ -868,7 +868,9 @@ def describe_call(call: dict, step: Step, schema: dict, said: set[str], results:
         if src.kind == "list":
             parts.append(f"{label} from the results above")
             continue
-        if src.kind != "flow" or text in said:
+        # a name read from a listing is something a person says (an id is not)
+        named = isinstance(v, str) and _pick_phrase(src, results) is not None and not _id_field(src.path)
+        if src.kind != "flow" or text in said or named:
             parts.append(f"{label} {text}")
             said.add(text)
             continue
