@@ -225,3 +225,20 @@ def test_cli_tasks_bfcl(tmp_path):
     assert all(replay_reference(t).ok for t in got[:20])  # round trip through Parquet keeps tasks runnable
     assert main(["tasks", "bfcl", "--split", "dev", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_long_context_episodes_do_not_share_module_level_state(tasks):
+    """BFCL's long-context extras come from module-level data: one episode's writes must not reach the next."""
+    t = next(t for t in tasks if t["skill"] == "long_context" and "TravelAPI" in t["env_config"]["involved_classes"])
+    with open_episode(t) as a:
+        before = a.snapshot_hash()
+        state = a.instances["TravelAPI"].__dict__
+        cards = state.get("credit_card_list") or {}
+        assert cards, "a long-context TravelAPI episode has credit cards"
+        for card in cards.values():  # a write the way a tool makes it: in place
+            card["balance"] = card.get("balance", 0) - 100
+            card["rods-marker"] = True
+        assert a.snapshot_hash() != before
+    with open_episode(t) as b:
+        assert b.snapshot_hash() == before
+        assert not any("rods-marker" in c for c in b.instances["TravelAPI"].credit_card_list.values())

@@ -13,6 +13,7 @@ as data (`ast.parse` + `ast.literal_eval` on the argument nodes), never evaluate
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import importlib.util
 import inspect
@@ -414,5 +415,10 @@ class BFCLEnvironment(Environment):
                 # a private copy: the simulators keep the config's dicts as their live state
                 config = orjson.loads(orjson.dumps(initial.get(name, {})))
                 obj._load_scenario(config, long_context=long_context)
+                if long_context:
+                    # the long-context extras (e.g. TravelAPI's credit cards and bookings) are
+                    # attached from module-level data by reference: copy them, or one episode's
+                    # writes become the next episode's starting state
+                    vars(obj).update(copy.deepcopy(vars(obj)))
             instances[name] = obj
         return BFCLEpisode(instances, tools_for(classes))
