@@ -2,8 +2,14 @@
 
 The slow test runs the real stages on the tiny policy with tiny settings: a 2-iteration run
 straight through, and the same run killed (SIGKILL to make's whole process group) at a
-random moment of iteration 1 and restarted; both must end with the same buffer records and
-the same checkpoint weights.
+random moment of iteration 1 and restarted; both must end with the same buffer records, the
+same next batch and the same checkpoint weights. The starting policy is made once and given
+as POLICY (both runs link it). The training tasks are those whose first user turn needs no
+call: the tiny policy passes that turn and fails the others, so every group lands in the
+boundary zone and the run synthesizes candidates and injects them into the buffer: the
+buffer the two runs must agree on holds synthetic tasks and their lineage. (The untrained
+policy's groups have zero reward variance, so no GRPO update happens here; that an update is
+deterministic is tests/test_train.py's job.)
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ from rodscli import records
 
 REPO = Path(__file__).resolve().parents[1]
 # tiny settings: a few tasks, short episodes; -o keeps make from reinstalling the venv
+# (the tiny policy's prompts, tool schemas included, are ~1,700-1,900 tokens: MAX_TOKENS leaves
+# room for a few short replies)
 TINY = [
-    "ITER=2", "BATCH=3", "G=2", "MAX_NEW_TOKENS=24", "MAX_TOKENS=768", "TOP_M=2", "PER_SEED=1",
-    "SFT_TASKS_FILTER=head -6", "HELDOUT_TASKS_CMD=$(RODS) tasks builtin --out - | awk 'NR % 60 == 0'",
+    "ITER=2", "BATCH=3", "G=4", "MAX_NEW_TOKENS=24", "MAX_TOKENS=2048", "TOP_M=2", "PER_SEED=1",
+    "SFT_TASKS_FILTER=head -6", "HELDOUT_TASKS_CMD=$(RODS) tasks builtin --out - | awk 'NR % 240 == 0'",
     "EVAL_EVERY=100", "RODS_FLAGS=--quiet",
 ]
+# the resume test: a given starting policy, tasks whose first user turn has an empty reference
+RESUME = ["SFT=off", "TRAIN_TASKS_CMD=$(RODS) tasks builtin --out - | grep -F '\"reference\":[[],'"]
 
 
 def _make(run: Path, *extra: str, dry: bool = False, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -87,18 +97,36 @@ def test_settings_override_on_the_command_line(tmp_path):
     assert "--group-size 5" in proc.stdout and "--lr 3e-3" in proc.stdout
 
 
+def _rods(*args: str) -> None:
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "rods"), "--quiet", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def start_policy(tmp_path_factory) -> Path:
+    """The embedded tiny policy, made once for both runs."""
+    out = tmp_path_factory.mktemp("start") / "init"
+    _rods("--seed", "0", "init-policy", "--out", str(out))
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.skip(reason="the loop needs `rods synthesize` (issue 6), not landed yet")
-def test_killed_loop_resumes_to_the_same_result(tmp_path):
+def test_killed_loop_resumes_to_the_same_result(tmp_path, start_policy):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = _make(straight, timeout=900)
+    given = [*RESUME, f"POLICY={start_policy}"]
+    proc = _make(straight, *given, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final_buffer = straight / "iter_001" / "buffer.parquet"
     assert final_buffer.exists() and (straight / "iter_001" / "policy").is_dir()
     assert (straight / "report" / "index.html").exists()
+    # the buffer went through synthesis: candidates of iteration 0 are active in iteration 1's buffer
+    buffer = records.read_all(final_buffer, "buffer")
+    assert records.read_all(straight / "iter_000" / "candidates.parquet", "task")
+    assert any(e["origin"] == "synthetic" and e["status"] == "active" for e in buffer)
 
     # the same run, killed at a random moment of iteration 1 (after its first file appeared)
-    bg = _make(killed, background=True)
+    bg = _make(killed, *given, background=True)
     deadline = time.time() + 900
     while not (killed / "iter_001").exists():
         assert bg.poll() is None, f"make ended before iteration 1: {bg.stderr.read()[-3000:]}"
@@ -110,12 +138,12 @@ def test_killed_loop_resumes_to_the_same_result(tmp_path):
     assert not (killed / "iter_001" / "buffer.parquet").exists() or not (killed / "iter_001" / "policy").exists(), \
         "the run finished before it was killed: nothing was tested"
 
-    proc = _make(killed, timeout=900)
+    proc = _make(killed, *given, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = "iter_001"
-    assert records.read_all(straight / last / "buffer.parquet", "buffer") == records.read_all(killed / last / "buffer.parquet", "buffer")
+    assert buffer == records.read_all(killed / last / "buffer.parquet", "buffer")
     assert records.read_all(straight / last / "next_batch.parquet", "task") == records.read_all(killed / last / "next_batch.parquet", "task")
     assert _weights_hash(straight / last / "policy") == _weights_hash(killed / last / "policy")
     # a finished run is up to date: make has no stage left to run, only the report
-    again = _make(killed, dry=True)
+    again = _make(killed, *given, dry=True)
     assert [ln for ln in again.stdout.splitlines() if "rods" in ln and " report " not in ln] == []
