@@ -66,9 +66,10 @@ COMPARE_OUT ?= runs/compare/report
 demo static bfcl: install
 	$(MAKE) --no-print-directory loop PIPELINE=$@
 
-# RODS against fixed-data GRPO with the same trajectory budget, in one report
+# RODS against fixed-data GRPO with the same trajectory budget, in one report; the static
+# run starts from the demo run's warm-started policy (the same start, one SFT instead of two)
 compare: install
 	$(MAKE) --no-print-directory loop PIPELINE=demo RUN=$(DEMO_RUN)
-	$(MAKE) --no-print-directory loop PIPELINE=static RUN=$(STATIC_RUN)
+	$(MAKE) --no-print-directory loop PIPELINE=static RUN=$(STATIC_RUN) POLICY=$(abspath $(DEMO_RUN))/setup/policy SFT=off
 	$(RODS) $(RODS_FLAGS) report $(DEMO_RUN) $(STATIC_RUN) --name rods --name static --out $(COMPARE_OUT)
 	@echo "report: $(COMPARE_OUT)/index.html"
