@@ -33,7 +33,6 @@ from rodscli.envs.base import (
     PARSE_ERROR,
     offered_tools,
     open_episode,
-    state_hash,
     tool_name,
 )
 
@@ -321,7 +320,7 @@ def teacher_forced(
                     break
             answer = final_answer if reference else no_call_answer
             conv.add_reply(fmt.encode(answer) + fmt.eot_ids)
-            hashes.append(state_hash(episode.snapshot()))
+            hashes.append(episode.snapshot_hash())
     return {
         "task_id": task["id"],
         "token_ids": conv.token_ids,

@@ -29,7 +29,6 @@ from rodscli.envs.base import (
     CallOutcome,
     offered_tools,
     open_episode,
-    state_hash,
     tool_name,
 )
 from rodscli.errors import OptionError
@@ -195,7 +194,7 @@ class EpisodeRun:
 
     def _state_hash(self) -> str:
         try:
-            return state_hash(self.episode.snapshot())
+            return self.episode.snapshot_hash()
         except Exception:  # a broken environment has no comparable state
             return ""
 

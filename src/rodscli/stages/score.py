@@ -22,7 +22,6 @@ from rodscli.envs.base import (
     offered_tools,
     open_episode,
     replay_reference,
-    state_hash,
     tool_name,
 )
 from rodscli.errors import InputError, OptionError
@@ -190,7 +189,7 @@ def scripted_rollout(task: dict, turns: list[list[dict]], *, group_id: str | Non
                               "raw": None, "result": outcome.result, "error": outcome.error})
                 messages.append({"role": "tool", "name": c["name"], "content": outcome.result or ""})
             messages.append({"role": "assistant", "content": "done"})
-            hashes.append(state_hash(episode.snapshot()))
+            hashes.append(episode.snapshot_hash())
     n_turns = len(task["user_turns"])
     return {
         "rollout_id": f"{group_id}/{sample_index}",
