@@ -12,7 +12,8 @@ Both sides play the same built-in tasks x G episodes with the same limits and sa
   template, tokenizes it and calls `model.generate` on it (log-probs from its scores).
 
 Generated tokens/s = model tokens / wall seconds. Prints one JSON line with both and the
-ratio rods / naive (target >= 5 on CPU).
+ratio rods / naive (target >= 5 on CPU), and the same ratio over this process's CPU seconds
+(steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -109,19 +110,19 @@ def main() -> None:
 
         rollout(tasks[:1], backend, RolloutOptions(group_size=1, max_new_tokens=4), seed=99)  # warm-up
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         recs = rollout(tasks, backend, opts, seed=0)
         sync()
-        rods_s = time.perf_counter() - t
+        rods_s, rods_cpu = time.perf_counter() - t, time.process_time() - c
         rods_tokens = sum(r["n_model_tokens"] for r in recs)
 
         episodes = [task for task in tasks for _ in range(args.group_size)][: args.naive_episodes]
         torch.manual_seed(0)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             naive_tokens = sum(naive_episode(task, backend.model, fmt, opts, dev) for task in episodes)
         sync()
-        naive_s = time.perf_counter() - t
+        naive_s, naive_cpu = time.perf_counter() - t, time.process_time() - c
     rods_tps, naive_tps = rods_tokens / rods_s, naive_tokens / naive_s
     print(json.dumps({
         "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
@@ -131,6 +132,9 @@ def main() -> None:
         "seconds": {"rods": round(rods_s, 2), "naive": round(naive_s, 2)},
         "tokens_per_s": {"rods": round(rods_tps, 1), "naive": round(naive_tps, 1)},
         "ratio": round(rods_tps / naive_tps, 2),
+        # CPU seconds of this process: the same ratio, less exposed to other load on a shared machine
+        "cpu_seconds": {"rods": round(rods_cpu, 2), "naive": round(naive_cpu, 2)},
+        "ratio_cpu_time": round((rods_tokens / rods_cpu) / (naive_tokens / naive_cpu), 2),
     }))
 
 
