@@ -122,42 +122,63 @@ def _check_columns(lf: pl.LazyFrame, path: str) -> None:
 
 def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     """The fast path, for the usual layout where each group's rows are contiguous (rollouts
-    are written group by group): segment sums with numpy's reduceat instead of hashing a
+    are written group by group): segment reductions with numpy instead of hashing a
     million string keys. None when the layout does not hold (a key appears in two runs, a
-    task's skill/domain/origin varies, null keys or rewards); the caller then hashes."""
-    if df.height == 0 or df[by].null_count() or df["reward"].null_count():
+    task's skill/domain/origin varies, null keys or rewards); the caller then hashes.
+
+    The checks are whole-column comparisons of every row with the row before it (two
+    zero-copy slices of a column, all in one query): a value may change only where the key does."""
+    size = df.height
+    if size == 0 or df[by].null_count() or df["reward"].null_count():
         return None
-    new = pl.col(by).ne_missing(pl.col(by).shift(1)).fill_null(True)  # a run starts here
 
-    def inside(c: str) -> pl.Expr:  # the value changes inside a run
-        return pl.col(c).ne_missing(pl.col(c).shift(1)) & ~new
+    def changes(c: str) -> pl.Expr:  # row i + 1 differs from row i (null equals null): n - 1 flags
+        return pl.col(c).slice(1).ne_missing(pl.col(c).slice(0, size - 1)).alias(c)
 
-    flags = df.select(
-        new.alias("new"), inside(other).alias("mixed"),
-        pl.any_horizontal(inside("skill"), inside("domain"), inside("origin")).any().alias("varies"),
+    key = pl.col(by)
+    flags = (
+        df.select(changes(by), changes("skill"), changes("domain"), changes("origin"), changes(other))
+        .select(
+            (key.arg_true() + 1).implode().alias("starts"),
+            ((pl.col("skill") | pl.col("domain") | pl.col("origin")) & ~key).any().alias("varies"),
+            (pl.col(other) & ~key).arg_true().implode().alias("mixed"),  # rows (- 1) whose other id changed in a run
+        )
     )
     if flags["varies"][0]:
         return None
-    starts = np.flatnonzero(flags["new"].to_numpy())
+    starts = np.concatenate(([0], flags["starts"].explode().to_numpy().astype(np.int64)))
     keys = df[by].gather(starts)
-    if keys.n_unique() != len(starts):
+    # the runs are maximal (neighbouring keys differ), so sorted keys are distinct
+    if not keys.is_sorted() and keys.n_unique() != len(starts):
         return None
     r = df["reward"].to_numpy()
-    n = np.diff(np.append(starts, len(r)))
-    lowest = np.iinfo(np.int64).min
-    it = df["iteration"].fill_null(lowest).to_numpy()
-    if (n == n[0]).all():  # every group has G rows (the usual case): a G-column matrix
-        m = r.reshape(-1, n[0])
-        mean, var, lo, hi = m.mean(axis=1), m.var(axis=1), m.min(axis=1), m.max(axis=1)
-        it_max = it.reshape(-1, n[0]).max(axis=1)
+    n = np.diff(np.append(starts, size))
+    if (n == n[0]).all():  # every group has G rows (the usual case)
+        rows = df["reward"].reshape((-1, int(n[0])))  # a G-wide array column: polars reduces it in one pass each
+        lo, hi = rows.arr.min().to_numpy(), rows.arr.max().to_numpy()
+        mean = rows.arr.sum().to_numpy() / n[0]
+        dev = r.reshape(-1, n[0]) - mean[:, None]
+        var = np.einsum("ij,ij->i", dev, dev) / n[0]  # two-pass variance
     else:
         mean = np.add.reduceat(r, starts) / n
-        dev = r - np.repeat(mean, n)  # two-pass variance
+        dev = r - np.repeat(mean, n)
         var = np.add.reduceat(dev * dev, starts) / n
         lo, hi = np.minimum.reduceat(r, starts), np.maximum.reduceat(r, starts)
-        it_max = np.maximum.reduceat(it, starts)
+    it = df["iteration"]
+    it_nulls, it_lo, it_hi = it.null_count(), it.min(), it.max()
+    if it_nulls == size or (it_nulls == 0 and it_lo == it_hi):  # one iteration (the usual case), or none
+        iteration = pl.repeat(it_lo, len(starts), dtype=pl.Int64, eager=True)
+    else:
+        lowest = np.iinfo(np.int64).min
+        it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
+        iteration = pl.Series(it_max, dtype=pl.Int64).replace(lowest, None)
     # the other id is kept when it is the same on every row of the group
-    mixed = np.logical_or.reduceat(flags["mixed"].to_numpy(), starts)
+    other_ids = df[other].gather(starts)
+    mixed_rows = flags["mixed"].explode().drop_nulls().to_numpy().astype(np.int64) + 1
+    if len(mixed_rows):
+        kept = np.ones(len(starts), dtype=bool)
+        kept[np.searchsorted(starts, mixed_rows, side="right") - 1] = False
+        other_ids = other_ids.zip_with(pl.Series(kept), pl.repeat(None, len(starts), dtype=pl.String, eager=True))
     return pl.DataFrame({
         by: keys,
         "n": pl.Series(n, dtype=pl.UInt32),
@@ -165,8 +186,8 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         "min": lo, "max": hi,
         "skill": df["skill"].gather(starts), "domain": df["domain"].gather(starts),
         "origin": df["origin"].gather(starts),
-        "iteration": pl.Series(it_max, dtype=pl.Int64).replace(lowest, None),
-        other: df[other].gather(starts).zip_with(pl.Series(~mixed), pl.repeat(None, len(starts), dtype=pl.String, eager=True)),
+        "iteration": iteration.alias("iteration"),
+        other: other_ids.alias(other),
     })
 
 
@@ -233,25 +254,30 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     second pass gives the slots left to the next candidates in the same order. `rank` is the
     position among the selected in that order (0 = highest phi).
     """
-    order = (
-        groups.with_row_index("_row")
+    candidates = (
+        groups.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "zone",
+                      pl.col("skill").cast(pl.Categorical).to_physical().alias("_skill"),
+                      pl.col("phi").round(_PHI_DIGITS).alias("_phi"))  # only what the selection reads
         .filter(pl.col("zone") == "boundary")
-        .with_columns(pl.col("phi").round(_PHI_DIGITS).alias("_phi"))
-        # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
-        .sort("_phi", descending=True, maintain_order=True)
     )
+    # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
+    by_phi = np.argsort(-candidates["_phi"].to_numpy(), kind="stable")
+    rows, skills = candidates["_row"].to_numpy()[by_phi], candidates["_skill"].to_numpy().astype(np.int64)[by_phi]
     quota = cfg.quota_per_skill
     if quota is None:
-        n_skills = order["skill"].n_unique()
+        n_skills = len(np.unique(skills))
         quota = math.ceil(cfg.top_m / n_skills) if n_skills else 0
     # first pass: the k-th candidate of a skill (in order) is under quota iff k < quota
-    under = pl.int_range(pl.len()).over("skill") < quota
-    order = order.with_columns((under & (under.cum_sum() <= cfg.top_m)).alias("_first"))
-    left = cfg.top_m - int(order["_first"].sum()) if cfg.refill else 0
-    rest = ~pl.col("_first")
-    order = order.with_columns((pl.col("_first") | (rest & (rest.cum_sum() <= left))).alias("selected"))
+    by_skill = np.argsort(skills, kind="stable")
+    firsts = np.flatnonzero(np.diff(skills[by_skill], prepend=-1))  # where each skill's candidates start
+    kth = np.empty(len(skills), dtype=np.int64)
+    kth[by_skill] = np.arange(len(skills)) - np.repeat(firsts, np.diff(np.append(firsts, len(skills))))
+    under = kth < quota
+    first = under & (np.cumsum(under) <= cfg.top_m)
+    left = cfg.top_m - int(first.sum()) if cfg.refill else 0
+    rest = ~first
+    rows = rows[first | (rest & (np.cumsum(rest) <= left))]
     # scatter back to the groups' rows: rank = position among the selected, in order
-    rows = order.filter(pl.col("selected"))["_row"].to_numpy()
     selected = np.zeros(groups.height, dtype=bool)
     selected[rows] = True
     rank = np.full(groups.height, -1, dtype=np.int64)
@@ -287,8 +313,12 @@ def add_history(groups: pl.DataFrame, previous: Iterable[dict] | None, ema: floa
     before = pl.DataFrame(cols, schema={"task_id": pl.String, "_ema": pl.Float64, "_seen": pl.Int64,
                                         **{f"_{z}": pl.Int64 for z in ZONES}})
     seen = pl.col("_seen").is_not_null()
+    if prev:
+        joined = groups.join(before, on="task_id", how="left", maintain_order="left")
+    else:  # the first iteration: no history to join
+        joined = groups.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in before.schema.items() if c != "task_id")
     return (
-        groups.join(before, on="task_id", how="left", maintain_order="left")
+        joined
         .with_columns(
             # ema_mean = ema * previous ema_mean + (1 - ema) * mean; the first time: the mean
             pl.when(seen).then(ema * pl.col("_ema") + (1.0 - ema) * pl.col("mean")).otherwise(pl.col("mean")).alias("ema_mean"),
