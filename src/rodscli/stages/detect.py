@@ -147,16 +147,17 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     if flags["varies"][0]:
         return None
     starts = np.concatenate(([0], flags["starts"].explode().to_numpy().astype(np.int64)))
-    keys = df[by].gather(starts)
+    first_rows = df.select(by, "skill", "domain", "origin", other)[starts]
+    keys = first_rows[by]
     # the runs are maximal (neighbouring keys differ), so sorted keys are distinct
     if not keys.is_sorted() and keys.n_unique() != len(starts):
         return None
     r = df["reward"].to_numpy()
     n = np.diff(np.append(starts, size))
     if (n == n[0]).all():  # every group has G rows (the usual case)
-        rows = df["reward"].reshape((-1, int(n[0])))  # a G-wide array column: polars reduces it in one pass each
-        lo, hi = rows.arr.min().to_numpy(), rows.arr.max().to_numpy()
-        mean = rows.arr.sum().to_numpy() / n[0]
+        rows = pl.col("reward").reshape((-1, int(n[0])))  # a G-wide array column: polars reduces it in one pass each
+        lo, hi, total = df.select(rows.arr.min(), rows.arr.max().alias("hi"), rows.arr.sum().alias("sum")).to_numpy().T
+        mean = total / n[0]
         dev = r.reshape(-1, n[0]) - mean[:, None]
         var = np.einsum("ij,ij->i", dev, dev) / n[0]  # two-pass variance
     else:
@@ -173,7 +174,7 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
         iteration = pl.Series(it_max, dtype=pl.Int64).replace(lowest, None)
     # the other id is kept when it is the same on every row of the group
-    other_ids = df[other].gather(starts)
+    other_ids = first_rows[other]
     mixed_rows = flags["mixed"].explode().drop_nulls().to_numpy().astype(np.int64) + 1
     if len(mixed_rows):
         kept = np.ones(len(starts), dtype=bool)
@@ -184,8 +185,7 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         "n": pl.Series(n, dtype=pl.UInt32),
         "mean": mean, "var": var,
         "min": lo, "max": hi,
-        "skill": df["skill"].gather(starts), "domain": df["domain"].gather(starts),
-        "origin": df["origin"].gather(starts),
+        "skill": first_rows["skill"], "domain": first_rows["domain"], "origin": first_rows["origin"],
         "iteration": iteration.alias("iteration"),
         other: other_ids.alias(other),
     })
