@@ -70,8 +70,10 @@ def python_group_by(rows: list[dict], cfg: DetectConfig) -> dict[str, dict]:
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:
-    """Best wall time of `repeat` runs and the last result; CPU seconds (all threads) go to CPU."""
-    times, cpus, result = [], [], None
+    """Best wall time of `repeat` runs after one untimed warm-up run (allocator and lazy
+    initialization, for the baseline and the detector alike) and the last result; CPU
+    seconds (all threads) go to CPU."""
+    times, cpus, result = [], [], fn()
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
