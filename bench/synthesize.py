@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
+import sys
+from pathlib import Path
 
 from rodscli.envs.base import offered_tools, open_episode, tool_name
 from rodscli.envs.bfcl import BFCLTasksOptions, bfcl_tasks
@@ -42,6 +43,9 @@ from rodscli.stages.synthesize import (
     new_world,
     synthesize,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from envs import best_of  # noqa: E402  (bench/envs.py: the fastest of N runs in CPU seconds)
 
 
 def baseline(seeds: list[dict], known: list[dict], attempts: int, opts: SynthesizeOptions) -> tuple[int, int]:
@@ -94,15 +98,6 @@ def baseline(seeds: list[dict], known: list[dict], attempts: int, opts: Synthesi
             verified += 1
     return verified, tried
 
-
-def best_of(repeat: int, fn):
-    """The fastest of `repeat` runs (CPU seconds) and the last run's value."""
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        start = time.process_time()
-        value = fn()
-        best = min(best, time.process_time() - start)
-    return best, value
 
 
 def measure(name: str, seeds: list[dict], known: list[dict], per_seed: int, repeat: int) -> None:
