@@ -177,3 +177,26 @@ def test_cli_init_and_merge(tmp_path):
     # a bad option is a user error (exit 2)
     assert main(["merge-buffer", "--out", str(tmp_path / "x.jsonl"), "--next-batch", str(tmp_path / "y.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_unseen_tasks_weigh_their_expected_phi():
+    """An unseen synthetic task weighs its boundary parent's phi; unseen seeds the pool's mean phi.
+
+    200 seeds, 20 measured hard (phi 0) and 1 on the boundary (phi 1) with 4 children: counting
+    every unseen task as phi 1 would drown the children among 179 unseen seeds."""
+    buf = init_buffer([task(f"s{i:03d}") for i in range(200)])
+    groups = [group(f"s{i:03d}", 0.0, 0, informative=False) for i in range(20)] + [group("s020", 0.5, 0)]
+    kids = [task(f"c{i}", origin="synthetic", parent="s020", created=0) for i in range(4)]
+    buf, _, _ = merge_buffer(buf, groups, kids, MergeOptions(iteration=0, batch_size=10, seed=0, beta=1.0))
+    hits = 0
+    for s in range(40):
+        batch = merge_buffer(buf, [], [], MergeOptions(iteration=1, batch_size=10, seed=s))[1]
+        hits += sum(t["id"].startswith("c") for t in batch)
+    # children weigh 1 against 179 unseen seeds at the pool mean (1/21) and 20 hard ones at the
+    # floor: they take most of the batch; with unseen = 1 they would get ~4 x 10/183 ~ 0.2 per batch
+    assert hits / 40 >= 2.0
+    # and every seed still gets its turn over many batches (the floor)
+    seen = set()
+    for s in range(300):
+        seen |= {t["id"] for t in merge_buffer(buf, [], [], MergeOptions(iteration=1, batch_size=10, seed=s))[1]}
+    assert len(seen) >= 190

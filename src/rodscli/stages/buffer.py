@@ -15,7 +15,10 @@ candidates synthesized in it, and writes the buffer and the batch for iteration 
 4. capacity: over `p_max` active synthetic tasks, keep the highest phi (ties: newer
    entry first, then id);
 5. the next batch: priority sampling by phi with a floor weight, so that every active
-   task has a chance; never-seen tasks weigh the most.
+   task has a chance. A never-rolled-out task weighs its expected phi: a synthetic task its
+   parent's measured phi (it was made in the parent's shape), a seed the mean phi of the
+   measured pool (1 before anything was measured). Counting every unseen task as phi 1
+   would let hundreds of unseen seeds crowd out the few tasks synthesized on the boundary.
 
 Deterministic: the same buffer, groups, candidates, options and seed give the same output.
 """
@@ -82,6 +85,16 @@ def task_of(entry: dict) -> dict:
 def expected_phi(entry: dict) -> float:
     """phi to rank an entry by: its last measured phi; unmeasured entries count as 1 (see them first)."""
     return 1.0 if entry.get("last_phi") is None else float(entry["last_phi"])
+
+
+def sampling_phi(entries: dict[str, dict], entry: dict, seed_prior: float) -> float:
+    """phi to sample an entry by: measured, else the parent's measured phi (synthetic), else `seed_prior`."""
+    if entry.get("last_phi") is not None:
+        return float(entry["last_phi"])
+    parent = entries.get(entry.get("parent_id")) if entry.get("origin") == "synthetic" else None
+    if parent is not None and parent.get("last_phi") is not None:
+        return float(parent["last_phi"])
+    return seed_prior
 
 
 def _log(entry: dict, iteration: int, action: str, reason: str) -> None:
@@ -211,7 +224,7 @@ def next_batch(entries: dict[str, dict], order: list[str], opts: MergeOptions) -
     """The tasks to roll out at iteration n + 1: priority sampling by phi with a floor.
 
     Weighted sampling without replacement (Efraimidis-Spirakis keys u^(1/w)); w = max(floor,
-    phi), unmeasured tasks w = 1. Returned in buffer order.
+    phi), unmeasured tasks their expected phi (`sampling_phi`). Returned in buffer order.
     """
     nxt = opts.iteration + 1
     pool = [k for k in order if entries[k]["status"] == "active" and entries[k]["trainable_from"] <= nxt]
@@ -219,9 +232,11 @@ def next_batch(entries: dict[str, dict], order: list[str], opts: MergeOptions) -
         chosen = set(pool)
     else:
         rng = random.Random(f"{opts.seed}:batch:{nxt}")
+        measured = [entries[k]["last_phi"] for k in pool if entries[k].get("last_phi") is not None]
+        seed_prior = sum(measured) / len(measured) if measured else 1.0
         keyed = []
         for k in pool:
-            w = max(opts.floor, expected_phi(entries[k]))
+            w = max(opts.floor, sampling_phi(entries, entries[k], seed_prior))
             keyed.append((rng.random() ** (1.0 / w), k))
         keyed.sort(key=lambda x: (-x[0], x[1]))
         chosen = {k for _, k in keyed[: opts.batch_size]}
