@@ -664,40 +664,60 @@ class Execution:
         return trace
 
 
-def _save(ep: Episode, name: str) -> tuple[Any, bytes, str] | None:
-    """The state of the class a tool runs on, pickled (cycles and objects included), or None."""
-    from rodscli.profile import call_owner
+class ClassStates:
+    """Each class's state as bytes (see `_dump`: cycles, objects and private attributes
+    included), kept after every call: the state before a call is the one after the last
+    call on its class (a call changes only the class it runs on, as Phi assumes), so each
+    call is serialized once. The bytes tell whether a call changed state, undo it, and
+    tell a repeat of a known call on a known state."""
 
-    instances = getattr(ep, "instances", None)
-    owner = call_owner(ep, name)
-    if not instances or owner not in instances:
-        return None
-    obj = instances[owner]
-    try:
-        return obj, _dump(ep, vars(obj)), owner
-    except Exception:  # an unpicklable attribute: no undo, the profile filter still checks
-        return None
+    def __init__(self, ep: Episode):
+        self.ep = ep
+        self.instances = getattr(ep, "instances", None) or {}
+        self.blobs: dict[str, bytes] = {}
 
+    def before(self, name: str) -> tuple[str, bytes] | None:
+        """The class `name` runs on and its state now, or None (no class, or unpicklable)."""
+        from rodscli.profile import call_owner
 
-def _dump(ep: Episode, state: dict) -> bytes:
-    # a built-in simulator's state is JSON data: orjson is several times faster than pickle
-    from rodscli.envs.builtin import BuiltinEpisode
+        owner = call_owner(self.ep, name)
+        if owner not in self.instances:
+            return None
+        blob = self.blobs.get(owner)
+        if blob is None:
+            blob = self._dump(owner)
+            if blob is None:
+                return None
+            self.blobs[owner] = blob
+        return owner, blob
 
-    if isinstance(ep, BuiltinEpisode):
-        return b"j" + orjson.dumps(state)
-    return b"p" + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    def after(self, owner: str) -> bytes | None:
+        """The class's state after a call (None: it became unpicklable)."""
+        blob = self._dump(owner)
+        if blob is None:
+            self.blobs.pop(owner, None)
+        else:
+            self.blobs[owner] = blob
+        return blob
 
+    def restore(self, owner: str, blob: bytes) -> None:
+        state = orjson.loads(blob[1:]) if blob[:1] == b"j" else pickle.loads(blob[1:])
+        attrs = vars(self.instances[owner])
+        attrs.clear()
+        attrs.update(state)
+        self.blobs[owner] = blob
 
-def _changed(ep: Episode, saved: tuple[Any, bytes, str]) -> bool:
-    obj, blob, _ = saved
-    return _dump(ep, vars(obj)) != blob
+    def _dump(self, owner: str) -> bytes | None:
+        # a built-in simulator's state is JSON data: orjson is several times faster than pickle
+        from rodscli.envs.builtin import BuiltinEpisode
 
-
-def _restore(ep: Episode, saved: tuple[Any, bytes, str]) -> None:
-    obj, blob, _ = saved
-    state = orjson.loads(blob[1:]) if blob[:1] == b"j" else pickle.loads(blob[1:])
-    vars(obj).clear()
-    vars(obj).update(state)
+        state = vars(self.instances[owner])
+        try:
+            if isinstance(self.ep, BuiltinEpisode):
+                return b"j" + orjson.dumps(state)
+            return b"p" + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an unpicklable attribute: no undo, the profile filter still checks
+            return None
 
 
 def leaf_steps(plan: Plan) -> set[int]:
@@ -726,11 +746,23 @@ def substitute(step: Step, ep: Episode, offered: set[str], graph: ApiGraph, avoi
     return Step(step.turn, name, args, {a: Source("literal") for a in args}, step.index)
 
 
+def _call_key(name: str, args: dict) -> bytes | None:
+    try:
+        return name.encode() + orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+
+
 def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs: int,
-            keep_literals: bool = False, swap: float = 0.0) -> Execution:
+            keep_literals: bool = False, swap: float = 0.0, outcomes: dict | None = None) -> Execution:
     """Ground and execute the plan on a fresh episode of `task`; raises StepFailed when a
     call still fails after `repairs` re-groundings. A leaf step is done by another tool
-    with probability `swap` (falling back to its own tool when that fails)."""
+    with probability `swap` (falling back to its own tool when that fails).
+
+    `outcomes` (kept by the caller across executions in one world) remembers the calls
+    that failed, or changed state where the seed's did not, without changing the state:
+    the same call on the same class state (every attribute, random generators included)
+    gives the same outcome, so a repair that grounds it again is not run again."""
     g = Grounder(plan, graph, rng, keep_literals)
     reference: list[list[dict]] = [[] for _ in range(plan.n_turns)]
     results: list[str] = []
@@ -742,7 +774,11 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     mutated: list[bool | None] = []  # each executed call: did it change its class (None: unknown)
     call_owners: list[str] = []
     avoid = {w["tool"] for w in task.get("withheld") or []}
+    # (call, class state) -> the failure's message, or whether the call (done and undone) changed state
+    outcomes = {} if outcomes is None else outcomes
+    MISMATCH = "the call changed state where the seed's did not, or the other way round"
     ep: Episode = open_episode(task)
+    states = ClassStates(ep)
     try:
         offered_at: dict[int, set[str]] = {}
         for step in plan.steps:
@@ -764,26 +800,39 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                         last = str(exc)
                         n_repairs += attempt > 0
                         continue
-                saved = _save(ep, used.name)
+                saved = states.before(used.name)
+                key = _call_key(used.name, args) if saved is not None else None
+                known = outcomes.get((key, saved[1])) if key is not None else None  # type: ignore[index]
+                if isinstance(known, str) or (known is not None and attempt < repairs and known != plan.mutated[step.index]):
+                    last = known if isinstance(known, str) else MISMATCH  # it would fail again, or be undone again
+                    n_repairs += 1
+                    alt = None
+                    continue
                 out = ep.call(used.name, args, offered)
-                changed = saved is None or _changed(ep, saved)
-                if saved is None:  # the cached states may all be stale
+                after = states.after(saved[0]) if saved is not None else None
+                changed = after is None or after != saved[1]  # type: ignore[index]
+                if saved is None or after is None:  # the cached states may all be stale
                     cache.clear()
                 elif changed:
-                    cache.pop(saved[2], None)
+                    cache.pop(saved[0], None)
                 parsed = _parse(out.result or "") if out.ok else None
                 if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
                     # the seed's call changed state (or did not): so must this one, or Phi's
                     # state edges differ (adding a stock already on the watchlist changes nothing)
-                    if saved is None or attempt == repairs or changed == plan.mutated[step.index]:
+                    if after is None or attempt == repairs or changed == plan.mutated[step.index]:
                         break
-                    _restore(ep, saved)
-                    last = "the call changed state where the seed's did not, or the other way round"
+                    states.restore(saved[0], saved[1])  # type: ignore[index]
+                    cache.pop(saved[0], None)  # type: ignore[index]
+                    last = MISMATCH
+                    if key is not None:
+                        outcomes[(key, saved[1])] = changed  # type: ignore[index]
                     n_repairs += 1
                     alt = None
                     continue
                 # BFCL's simulators report refusals as {"error": ...} results: a failed call too
                 last = out.result or out.error or "error"
+                if key is not None and not changed:
+                    outcomes[(key, saved[1])] = last  # type: ignore[index]
                 n_repairs += 1
                 alt = None
             else:
@@ -792,8 +841,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             results.append(out.result or "")
             g.parsed.append(parsed)
             done.append(used)
-            mutated.append(None if saved is None else changed)
-            call_owners.append("" if saved is None else saved[2])
+            mutated.append(None if after is None else changed)
+            call_owners.append("" if saved is None else saved[0])
             kinds.update(s.kind for s in used.sources.values())
             if used is not step:
                 kinds["swapped"] += 1
@@ -1135,10 +1184,11 @@ class Synthesizer:
         # customer who has a shipped order): start over in the same world a few times, the
         # last time with the seed's literal values (values that only work together, like
         # the zip codes of a known route, may come from different calls)
+        outcomes: dict = {}
         for restart in range(RESTARTS):  # noqa: B007 - recorded below
             try:
                 run = execute(plan, cand, self.graph, rng, opts.repairs, keep_literals=restart == RESTARTS - 1,
-                              swap=opts.swap if restart < RESTARTS - 1 else 0.0)
+                              swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=outcomes)
                 break
             except StepFailed:
                 continue
