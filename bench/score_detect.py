@@ -152,11 +152,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--group", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--score-tasks", type=int, default=20)
+    ap.add_argument("--score-tasks", type=int, default=20, help="BFCL tasks to score (0: skip the score benchmark).")
     ap.add_argument("--score-group", type=int, default=8)
     args = ap.parse_args()
     bench_detect(args.rows, args.group, args.repeat)
-    bench_score(args.score_tasks, args.score_group)
+    if args.score_tasks > 0:  # --score-tasks 0: detect only
+        bench_score(args.score_tasks, args.score_group)
 
 
 if __name__ == "__main__":

@@ -340,6 +340,32 @@ def test_default_learning_rates(policy, tmp_path):
     assert T.TrainOptions(mode="sft", lr=0.1).learning_rate(tmp_path) == 0.1
 
 
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    total = 100
+    f = [T.lr_factor(i, total, "cosine", 0.05) for i in range(total)]
+    assert f[:5] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])  # linear warm-up over 5 steps
+    assert f[5] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[5:-1], f[6:], strict=True))  # then never rises
+    assert f[5 + 47] == pytest.approx(0.55, abs=0.02)  # half-way through the decay: half-way down
+    assert [T.lr_factor(i, total, "constant", 0.05) for i in range(total)] == [1.0] * total
+    assert T.lr_factor(0, 1, "cosine", 0.05) == 1.0  # a single step runs at the base rate
+
+
+def test_sft_follows_the_cosine_schedule_and_grpo_keeps_a_constant_rate(policy, tmp_path):
+    rendered = [{"task_id": r["task_id"] + str(r["sample_index"]), "token_ids": r["token_ids"], "loss_mask": r["loss_mask"]}
+                for r in batch(groups=2, size=2, seed=9)]
+    sft = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=10, lr=1e-2, batch_tokens=40, warmup=0.2), seed=0)
+    lrs = sft["extra"]["lrs"]
+    assert sft["extra"]["schedule"] == "cosine" and len(lrs) == sft["extra"]["optimizer_steps"] >= 10
+    assert lrs[0] < 1e-2 and max(lrs) == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-3)
+    grpo_metrics = T.train_step(policy, batch(seed=10), tmp_path / "grpo", T.TrainOptions(lr=1e-3, mini_batches=3), seed=0)
+    assert grpo_metrics["extra"]["schedule"] == "constant" and grpo_metrics["extra"]["lrs"] == [1e-3] * 3
+    with pytest.raises(OptionError, match="--schedule"):
+        T.sft(policy, rendered, tmp_path / "bad", T.TrainOptions(schedule="linear"), seed=0)
+    with pytest.raises(OptionError, match="--warmup"):
+        T.sft(policy, rendered, tmp_path / "bad", T.TrainOptions(warmup=1.5), seed=0)
+
+
 def test_lora_update_is_merged_into_plain_weights(policy, tmp_path):
     metrics = T.train_step(policy, batch(seed=10), tmp_path / "lora", T.TrainOptions(lr=1e-2, lora_r=4), seed=0)
     assert metrics["updated"] and metrics["extra"]["lora_r"] == 4

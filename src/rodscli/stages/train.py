@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -46,6 +47,20 @@ ADV_SCALES = ("group", "batch", "none")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr-grpo")
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float, floor: float = 0.1) -> float:
+    """The multiplier of the base learning rate at optimizer step `step` (0-based) of `total`."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    progress = (step - warm) / max(1, total - 1 - warm)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass
 class TrainOptions:
     mode: str = option("grpo", help="grpo: one GRPO update on scored rollouts; sft: warm start on the tasks' reference solutions (--tasks).")
@@ -66,6 +81,8 @@ class TrainOptions:
     mini_batches: int = option(1, help="Optimizer steps per pass over the batch (grpo).")
     epochs: int = option(2, help="Passes over the reference solutions (sft).")
     batch_tokens: int = option(4096, help="Tokens per optimizer step (sft; about two built-in task solutions).")
+    schedule: str | None = option(None, help="Learning-rate schedule over this run's optimizer steps: constant, or cosine (linear warm-up over --warmup of the steps, then cosine decay to 10% of --lr). Default: cosine for sft, constant for grpo (one update per loop iteration).")
+    warmup: float = option(0.05, help="Fraction of the optimizer steps spent warming the learning rate up linearly (cosine schedule).")
     temperature: float = option(1.0, help="Sampling temperature of the rollouts: logits are divided by it so ratios compare like with like.")
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
@@ -80,15 +97,21 @@ class TrainOptions:
         return 3e-3 if _policy_kind(policy) == "rods-tiny" else 1e-5
 
     def check(self) -> None:
-        choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS}
+        choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in (*allowed, None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("micro_batch_tokens", "ppo_epochs", "mini_batches", "epochs", "batch_tokens"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
         if self.temperature <= 0:
             raise OptionError("--temperature must be positive")
+        if not 0.0 <= self.warmup < 1.0:
+            raise OptionError(f"--warmup must be in [0, 1), got {self.warmup}")
+
+    @property
+    def lr_schedule(self) -> str:
+        return self.schedule or ("cosine" if self.mode == "sft" else "constant")
 
 
 @dataclass
@@ -420,8 +443,11 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         ref.requires_grad_(False)
         ref_module = grpo.TokenLogprobs(ref, cfg.temperature)
 
-    per_step, grad_norms = [], []
-    for step_seqs in console.progress(steps, f"{cfg.mode} optimizer steps") if accelerator.is_main_process else steps:
+    per_step, grad_norms, lrs = [], [], []
+    for i, step_seqs in enumerate(console.progress(steps, f"{cfg.mode} optimizer steps") if accelerator.is_main_process else steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup)
+        lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.zero_grad(set_to_none=True)
         per_step.append(accumulate(module, ref_module, step_seqs, cfg, accelerator))
         # global gradient norm before clipping (clip_grad_norm_ with inf max still measures it)
@@ -450,7 +476,7 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         "model_tokens": sum(m["model_tokens"] for m in per_step), "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
         "time_s": elapsed,
         "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": accelerator.num_processes,
-                  "optimizer_restored": restored, "lora_r": cfg.lora_r, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
+                  "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
     }
     if accelerator.is_main_process:
         write_checkpoint(out, policy, model, None if cfg.lora_r > 0 else optimizer, state, metrics, provenance_info, validate)
