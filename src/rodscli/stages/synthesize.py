@@ -1197,19 +1197,28 @@ class Synthesizer:
         cand["reference"] = run.reference
         if not any(run.reference):
             return None, "trivial"
-        # a repaired step ran failed calls in the generating episode, which may have touched
-        # state no replay sees: then the results must agree, the final state is the replay's
-        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, run.call_trace())
-        if not ok:
-            return None, "replay_failed"
-        profile = compute_profile(cand, trace)
-        distance = profile_distance(profile, plan.profile)
-        if profile["ref_errors"] or distance > opts.tolerance:
-            return None, "profile_mismatch"
+        # the cheap filters first (a candidate must pass them all): the call sequence, then
+        # Phi from the generation's own trace when it is exactly what a replay runs
         keys = call_keys(cand)
         similarity = self.dups.max_jaccard(keys)
         if similarity >= opts.max_jaccard:
             return None, "near_duplicate"
+        known = run.call_trace()
+        if known is not None:
+            profile = compute_profile(cand, known)
+            distance = profile_distance(profile, plan.profile)
+            if profile["ref_errors"] or distance > opts.tolerance:
+                return None, "profile_mismatch"
+        # a repaired step ran failed calls in the generating episode, which may have touched
+        # state no replay sees: then the results must agree, the final state is the replay's
+        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known)
+        if not ok:
+            return None, "replay_failed"
+        if known is None:
+            profile = compute_profile(cand, trace)
+            distance = profile_distance(profile, plan.profile)
+            if profile["ref_errors"] or distance > opts.tolerance:
+                return None, "profile_mismatch"
         user_turns = write_turns(plan, run, rng)
         self.dups.add(keys)
         task = {
