@@ -242,3 +242,24 @@ def test_long_context_episodes_do_not_share_module_level_state(tasks):
     with open_episode(t) as b:
         assert b.snapshot_hash() == before
         assert not any("rods-marker" in c for c in b.instances["TravelAPI"].credit_card_list.values())
+
+
+def test_episodes_of_one_initial_state_are_private_copies(tasks):
+    """Episodes are unpickled from one loaded state per initial state: each is a whole private
+    copy (file-system trees, random generators), equal to a fresh load of the task."""
+    t = next(t for t in tasks if t["skill"] == "base" and "GorillaFileSystem" in t["env_config"]["involved_classes"])
+    with open_episode(t) as a:
+        first = a.snapshot_hash()
+        fs = a.instances["GorillaFileSystem"]
+        fs.root.contents["rods-marker.txt"] = "x"  # a write into the nested tree, the way a tool makes one
+        fs._current_dir = None
+        assert a.snapshot_hash() != first
+    with open_episode(t) as b:
+        assert b.snapshot_hash() == first
+        assert "rods-marker.txt" not in b.instances["GorillaFileSystem"].root.contents
+        assert b.instances["GorillaFileSystem"]._current_dir is not None
+    # the same simulator loaded the slow way (BFCL's own loader) is in the same state
+    sim = bfcl.simulator_class("GorillaFileSystem")()
+    sim._load_scenario(orjson.loads(orjson.dumps(t["initial_state"]["GorillaFileSystem"])), long_context=False)
+    with open_episode(t) as c:
+        assert bfcl._state(vars(sim)) == bfcl._state(vars(c.instances["GorillaFileSystem"]))

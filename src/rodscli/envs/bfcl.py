@@ -13,10 +13,10 @@ as data (`ast.parse` + `ast.literal_eval` on the argument nodes), never evaluate
 from __future__ import annotations
 
 import ast
-import copy
 import importlib
 import importlib.util
 import inspect
+import pickle
 import random
 from dataclasses import dataclass
 from functools import cache
@@ -410,15 +410,35 @@ class BFCLEnvironment(Environment):
         initial = task.get("initial_state") or {}
         instances = {}
         for name in classes:
-            obj = simulator_class(name)()
-            if name not in STATELESS_CLASSES:
-                # a private copy: the simulators keep the config's dicts as their live state
-                config = orjson.loads(orjson.dumps(initial.get(name, {})))
-                obj._load_scenario(config, long_context=long_context)
-                if long_context:
-                    # the long-context extras (e.g. TravelAPI's credit cards and bookings) are
-                    # attached from module-level data by reference: copy them, or one episode's
-                    # writes become the next episode's starting state
-                    vars(obj).update(copy.deepcopy(vars(obj)))
+            cls = simulator_class(name)
+            if name in STATELESS_CLASSES:
+                instances[name] = cls()
+                continue
+            obj = cls.__new__(cls)
+            vars(obj).update(pickle.loads(_loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)))
             instances[name] = obj
         return BFCLEpisode(instances, tools_for(classes))
+
+
+_LOADED: dict[tuple[str, bytes, bool], bytes] = {}
+_LOADED_MAX = 4096  # initial states kept (a few kB to a few hundred kB each)
+
+
+def _loaded_state(name: str, config: bytes, long_context: bool) -> bytes:
+    """A simulator's attributes after loading `config` (its JSON text), pickled.
+
+    Loading runs BFCL's `_load_scenario` (deep copies of default states, random generators
+    seeded, long-context extras attached from module-level data by reference) once per
+    distinct initial state; every episode unpickles its own private copy of the whole
+    object graph, so no episode's writes reach another or the module-level data.
+    """
+    key = (name, config, long_context)
+    blob = _LOADED.get(key)
+    if blob is None:
+        obj = simulator_class(name)()
+        obj._load_scenario(orjson.loads(config), long_context=long_context)
+        blob = pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[key] = blob
+    return blob
