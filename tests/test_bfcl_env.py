@@ -263,3 +263,23 @@ def test_episodes_of_one_initial_state_are_private_copies(tasks):
     sim._load_scenario(orjson.loads(orjson.dumps(t["initial_state"]["GorillaFileSystem"])), long_context=False)
     with open_episode(t) as c:
         assert bfcl._state(vars(sim)) == bfcl._state(vars(c.instances["GorillaFileSystem"]))
+
+
+def test_tracked_random_draws_and_pickles_like_random():
+    import pickle
+    import random
+
+    plain, tracked = random.Random(141053), bfcl.TrackedRandom.copy_of(random.Random(141053))
+    assert [plain.randint(10000, 99999) for _ in range(5)] == [tracked.randint(10000, 99999) for _ in range(5)]
+    assert plain.random() == tracked.random() and plain.choice("abcdef") == tracked.choice("abcdef")
+    blob = pickle.dumps(tracked)
+    assert pickle.dumps(tracked) == blob  # not drawn from: the same bytes
+    copy = pickle.loads(blob)
+    assert copy.getstate() == tracked.getstate() == plain.getstate()
+    assert copy.gauss(0, 1) == plain.gauss(0, 1)  # gauss keeps a spare value in its state
+    assert pickle.dumps(copy) != blob  # drawn from: its state moved on
+    assert pickle.loads(pickle.dumps(copy)).getstate() == plain.getstate()
+    # an episode's simulators draw from tracked generators (BFCL's seeded ids stay the same)
+    t = next(t for t in bfcl.load_tasks(["base"]) if "TravelAPI" in t["env_config"]["involved_classes"])
+    with open_episode(t) as ep:
+        assert type(ep.instances["TravelAPI"]._random) is bfcl.TrackedRandom

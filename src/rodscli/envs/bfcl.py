@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import pickle
 import random
+from array import array
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -420,6 +421,55 @@ class BFCLEnvironment(Environment):
         return BFCLEpisode(instances, tools_for(classes))
 
 
+class TrackedRandom(random.Random):
+    """`random.Random` (the same draws) that pickles cheaply while it is not drawn from.
+
+    The simulators keep a seeded generator (`_random`); their state is pickled before and
+    after every call (undo, change detection, Phi's state fingerprints) and unpickled at
+    every reset. A plain generator pickles as 625 integers read out each time; this one
+    keeps its state as bytes until the next draw.
+    """
+
+    _packed: bytes | None = None
+
+    @classmethod
+    def copy_of(cls, rng: random.Random) -> TrackedRandom:
+        out = cls()
+        out.setstate(rng.getstate())
+        return out
+
+    def random(self) -> float:
+        self._packed = None
+        return super().random()
+
+    def getrandbits(self, k: int) -> int:
+        self._packed = None
+        return super().getrandbits(k)
+
+    def seed(self, *args: Any, **kwargs: Any) -> None:
+        self._packed = None
+        super().seed(*args, **kwargs)
+
+    def setstate(self, state: tuple) -> None:
+        self._packed = None
+        super().setstate(state)
+
+    def __reduce__(self) -> tuple:
+        if self._packed is None:
+            version, internal, gauss = self.getstate()
+            self._packed = orjson.dumps([version, gauss]) + b"\n" + array("I", internal).tobytes()
+        return _unpack_random, (self._packed,)
+
+
+def _unpack_random(packed: bytes) -> TrackedRandom:
+    head, _, words = packed.partition(b"\n")
+    version, gauss = orjson.loads(head)
+    out = TrackedRandom()
+    out.setstate((version, tuple(array("I", words)), gauss))
+    out._packed = packed
+    return out
+
+
 _LOADED: dict[tuple[str, bytes, bool], bytes] = {}
 _LOADED_MAX = 4096  # initial states kept (a few kB to a few hundred kB each)
 
@@ -437,6 +487,9 @@ def _loaded_state(name: str, config: bytes, long_context: bool) -> bytes:
     if blob is None:
         obj = simulator_class(name)()
         obj._load_scenario(orjson.loads(config), long_context=long_context)
+        for attr, value in vars(obj).items():
+            if type(value) is random.Random:
+                vars(obj)[attr] = TrackedRandom.copy_of(value)
         blob = pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL)
         if len(_LOADED) >= _LOADED_MAX:
             _LOADED.clear()
