@@ -464,7 +464,7 @@ class TrackedRandom(random.Random):
 def _unpack_random(packed: bytes) -> TrackedRandom:
     head, _, words = packed.partition(b"\n")
     version, gauss = orjson.loads(head)
-    out = TrackedRandom()
+    out = TrackedRandom.__new__(TrackedRandom)  # unseeded: the state is set whole below
     out.setstate((version, tuple(array("I", words)), gauss))
     out._packed = packed
     return out

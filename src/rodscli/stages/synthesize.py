@@ -68,6 +68,7 @@ REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplic
 WRITERS = ("template", "llm")
 RESTARTS = 4  # executions of one attempt in the same world before it is given up
 MAX_PATHS = 12  # state paths remembered per argument value (the first ones in state order)
+VIEWS = 512  # class states kept converted to JSON data in one run (see ClassStates.view)
 
 # ------------------------------------------------------------------------------- options
 
@@ -268,6 +269,8 @@ def _enum_args(schema: dict) -> set[str]:
 def make_plan(seed: dict) -> Plan:
     """Read the seed's reference as a plan: execute it step by step and bind every argument."""
     ep = open_episode(seed)
+    states = ClassStates(ep)
+    changes: list[bool | None] = []  # each call: whether it changed its class's state (None: unknown)
     try:
         index = ep.tool_index()
         steps: list[Step] = []
@@ -275,7 +278,7 @@ def make_plan(seed: dict) -> Plan:
         for turn, calls in enumerate(seed["reference"]):
             offered = {tool_name(t) for t in offered_tools(seed, ep, turn)}
             for c in calls:
-                live = live_state(ep)
+                live = live_state(ep, None, states)
                 enums = _enum_args(index.get(c["name"], {}))
                 wanted = {v for v in c["arguments"].values() if isinstance(v, str) and nontrivial(v)}
                 in_state = index_paths(live, wanted) if wanted else {}
@@ -287,13 +290,20 @@ def make_plan(seed: dict) -> Plan:
                     if src.kind == "state" and src.is_key:
                         src.shape = shape(follow(live, src.path))
                 steps.append(Step(turn, c["name"], c["arguments"], sources, len(steps)))
+                saved = states.before(c["name"])
                 out = ep.call(c["name"], c["arguments"], offered)
+                after = states.after(saved[0]) if saved is not None else None
+                changes.append(None if after is None else after != saved[1])  # type: ignore[index]
                 parsed.append(_parse(out.result or "") if out.ok else None)
     finally:
         ep.close()
-    trace = trace_calls(seed)
-    profile = seed.get("profile") or compute_profile(seed, trace)
-    mutated = [m for turn in trace.mutated for m in turn]
+    profile = seed.get("profile")
+    if profile and all(m is not None for m in changes):
+        mutated = [bool(m) for m in changes]  # what Phi's trace says, from the run above
+    else:
+        trace = trace_calls(seed)
+        profile = profile or compute_profile(seed, trace)
+        mutated = [m for turn in trace.mutated for m in turn]
     seen: Counter = Counter()
     occurrence = []
     for st in steps:
@@ -606,14 +616,14 @@ class Grounder:
         return src.path[-1] if src.path[-1] in keys else self.rng.choice(keys)
 
 
-def live_state(ep: Episode, owners: set | None = None, cache: dict | None = None) -> Any:
+def live_state(ep: Episode, owners: set | None = None, states: ClassStates | None = None) -> Any:
     """The state to ground in, read now; `owners` limits it to those classes.
 
     A built-in simulator's attributes are JSON data already (read as they are, never
-    written); a BFCL class is converted alone, or taken from `cache` (class -> state, kept
-    by the caller while no call changed that class); any other episode gives its snapshot.
+    written); a BFCL class is converted alone, or, with `states`, taken from its views (the
+    conversion of each class state met, by its bytes); any other episode gives its snapshot.
     """
-    from rodscli.envs.bfcl import BFCLEpisode, _state
+    from rodscli.envs.bfcl import BFCLEpisode
     from rodscli.envs.builtin import BuiltinEpisode
 
     def public(obj: Any) -> dict:
@@ -622,12 +632,10 @@ def live_state(ep: Episode, owners: set | None = None, cache: dict | None = None
     try:
         if isinstance(ep, BuiltinEpisode):
             return {name: public(obj) for name, obj in ep.instances.items()}
-        if isinstance(ep, BFCLEpisode) and owners is not None:
-            cache = {} if cache is None else cache
-            for name in owners:
-                if name not in cache and name in ep.instances:
-                    cache[name] = _state(public(ep.instances[name]))
-            return {name: cache[name] for name in owners if name in cache}
+        if isinstance(ep, BFCLEpisode) and (owners is not None or states is not None):
+            states = ClassStates(ep) if states is None else states
+            return {name: states.view(name) for name in sorted(ep.instances if owners is None else owners)
+                    if name in ep.instances}
         return ep.snapshot()
     except RecursionError:  # a call made the simulator's state cyclic (a folder moved into itself)
         raise StepFailed("the state became cyclic") from None
@@ -671,10 +679,11 @@ class ClassStates:
     call is serialized once. The bytes tell whether a call changed state, undo it, and
     tell a repeat of a known call on a known state."""
 
-    def __init__(self, ep: Episode):
+    def __init__(self, ep: Episode, views: dict | None = None):
         self.ep = ep
         self.instances = getattr(ep, "instances", None) or {}
         self.blobs: dict[str, bytes] = {}
+        self.views = {} if views is None else views  # (class, state bytes) -> its public state as JSON data
 
     def before(self, name: str) -> tuple[str, bytes] | None:
         """The class `name` runs on and its state now, or None (no class, or unpicklable)."""
@@ -682,14 +691,34 @@ class ClassStates:
 
         owner = call_owner(self.ep, name)
         if owner not in self.instances:
+            self.blobs.clear()  # a call outside the classes: any of them may change
             return None
+        blob = self.blob(owner)
+        return None if blob is None else (owner, blob)
+
+    def blob(self, owner: str) -> bytes | None:
         blob = self.blobs.get(owner)
         if blob is None:
             blob = self._dump(owner)
-            if blob is None:
-                return None
-            self.blobs[owner] = blob
-        return owner, blob
+            if blob is not None:
+                self.blobs[owner] = blob
+        return blob
+
+    def view(self, owner: str) -> Any:
+        """A BFCL class's public state as JSON data (read-only: shared by equal states)."""
+        from rodscli.envs.bfcl import _state
+
+        obj = self.instances[owner]
+        blob = self.blob(owner)
+        if blob is None:
+            return _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
+        key = (owner, blob)
+        view = self.views.get(key)
+        if view is None:
+            if len(self.views) >= VIEWS:
+                self.views.clear()
+            view = self.views[key] = _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
+        return view
 
     def after(self, owner: str) -> bytes | None:
         """The class's state after a call (None: it became unpicklable)."""
@@ -754,7 +783,8 @@ def _call_key(name: str, args: dict) -> bytes | None:
 
 
 def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs: int,
-            keep_literals: bool = False, swap: float = 0.0, outcomes: dict | None = None) -> Execution:
+            keep_literals: bool = False, swap: float = 0.0, outcomes: dict | None = None,
+            views: dict | None = None) -> Execution:
     """Ground and execute the plan on a fresh episode of `task`; raises StepFailed when a
     call still fails after `repairs` re-groundings. A leaf step is done by another tool
     with probability `swap` (falling back to its own tool when that fails).
@@ -762,7 +792,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     `outcomes` (kept by the caller across executions in one world) remembers the calls
     that failed, or changed state where the seed's did not, without changing the state:
     the same call on the same class state (every attribute, random generators included)
-    gives the same outcome, so a repair that grounds it again is not run again."""
+    gives the same outcome, so a repair that grounds it again is not run again. `views`
+    keeps class states converted for grounding across executions (see ClassStates.view)."""
     g = Grounder(plan, graph, rng, keep_literals)
     reference: list[list[dict]] = [[] for _ in range(plan.n_turns)]
     results: list[str] = []
@@ -770,7 +801,6 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     n_repairs = 0
     kinds: Counter = Counter()
     leaves = leaf_steps(plan) if swap else set()
-    cache: dict[str, Any] = {}  # class -> its state as JSON data, while unchanged
     mutated: list[bool | None] = []  # each executed call: did it change its class (None: unknown)
     call_owners: list[str] = []
     avoid = {w["tool"] for w in task.get("withheld") or []}
@@ -778,7 +808,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     outcomes = {} if outcomes is None else outcomes
     MISMATCH = "the call changed state where the seed's did not, or the other way round"
     ep: Episode = open_episode(task)
-    states = ClassStates(ep)
+    states = ClassStates(ep, views)
     try:
         offered_at: dict[int, set[str]] = {}
         for step in plan.steps:
@@ -793,7 +823,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                     used, args = alt, alt.arguments
                 else:
                     used = step
-                    live = live_state(ep, owners, cache) if owners else None
+                    live = live_state(ep, owners, states) if owners else None
                     try:
                         args = g.ground(step, live, fresh=attempt > 0)
                     except StepFailed as exc:
@@ -811,10 +841,6 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                 out = ep.call(used.name, args, offered)
                 after = states.after(saved[0]) if saved is not None else None
                 changed = after is None or after != saved[1]  # type: ignore[index]
-                if saved is None or after is None:  # the cached states may all be stale
-                    cache.clear()
-                elif changed:
-                    cache.pop(saved[0], None)
                 parsed = _parse(out.result or "") if out.ok else None
                 if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
                     # the seed's call changed state (or did not): so must this one, or Phi's
@@ -822,7 +848,6 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                     if after is None or attempt == repairs or changed == plan.mutated[step.index]:
                         break
                     states.restore(saved[0], saved[1])  # type: ignore[index]
-                    cache.pop(saved[0], None)  # type: ignore[index]
                     last = MISMATCH
                     if key is not None:
                         outcomes[(key, saved[1])] = changed  # type: ignore[index]
@@ -846,7 +871,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             kinds.update(s.kind for s in used.sources.values())
             if used is not step:
                 kinds["swapped"] += 1
-        final = state_hash(live_state(ep))
+        final = state_hash(live_state(ep, None, states))
         tools = dict(ep.tool_index())
     finally:
         ep.close()
@@ -1106,10 +1131,12 @@ class DuplicateIndex:
 # ------------------------------------------------------------------------------- the stage
 
 
-def _replays(task: dict, results: list[str], final: str | None, known: CallTrace | None = None) -> tuple[bool, CallTrace]:
+def _replays(task: dict, results: list[str], final: str | None, known: CallTrace | None = None,
+             views: dict | None = None) -> tuple[bool, CallTrace]:
     """The reference on a fresh episode: no error, the same results, the same final state
-    (when `final` is given). With `known` (the generation's own trace) the replay only runs
-    the calls; else it also fingerprints the state around each call for Phi."""
+    (when `final` is given; `views` as in `execute`). With `known` (the generation's own
+    trace) the replay only runs the calls; else it also fingerprints the state around each
+    call for Phi."""
     ep = open_episode(task)
     try:
         if known is None:
@@ -1123,8 +1150,8 @@ def _replays(task: dict, results: list[str], final: str | None, known: CallTrace
                 trace.errors.append([o.error for o in outs])
             trace.mutated, trace.owners = known.mutated, known.owners
         try:
-            same_state = final is None or state_hash(ep.snapshot()) == final
-        except RecursionError:
+            same_state = final is None or state_hash(live_state(ep, None, ClassStates(ep, views))) == final
+        except (RecursionError, StepFailed):
             same_state = False
     finally:
         ep.close()
@@ -1153,6 +1180,7 @@ class Synthesizer:
         self.graph = ApiGraph.mine(self.known)
         self.worlds = _world_pool(self.known)
         self.dups = DuplicateIndex()
+        self.views: dict = {}  # class states met, converted to JSON data (see ClassStates.view)
         for t in self.known:
             self.dups.add(call_keys(t))
 
@@ -1188,7 +1216,7 @@ class Synthesizer:
         for restart in range(RESTARTS):  # noqa: B007 - recorded below
             try:
                 run = execute(plan, cand, self.graph, rng, opts.repairs, keep_literals=restart == RESTARTS - 1,
-                              swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=outcomes)
+                              swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=outcomes, views=self.views)
                 break
             except StepFailed:
                 continue
@@ -1211,7 +1239,7 @@ class Synthesizer:
                 return None, "profile_mismatch"
         # a repaired step ran failed calls in the generating episode, which may have touched
         # state no replay sees: then the results must agree, the final state is the replay's
-        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known)
+        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known, self.views)
         if not ok:
             return None, "replay_failed"
         if known is None:
