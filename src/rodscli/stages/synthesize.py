@@ -530,6 +530,10 @@ class StepFailed(Exception):
     pass
 
 
+class CyclicState(StepFailed):
+    pass
+
+
 @dataclass
 class Grounder:
     """Grounds one plan on one live episode (state read at each call)."""
@@ -542,8 +546,10 @@ class Grounder:
     donors: dict[str, list[dict]] = field(default_factory=dict)  # tool -> the donor task's calls of it
     parsed: list[Any] = field(default_factory=list)  # variant results, parsed
 
-    def ground(self, step: Step, live: Any, fresh: bool) -> dict:
+    def ground(self, step: Step, read: Callable[[], Any], fresh: bool) -> dict:
+        """The step's arguments; `read()` gives the live state (read only when an argument needs it)."""
         chosen: dict[str, Any] = {}
+        live: Any = None
         paths: dict[str, tuple] = {}
         literal: dict[str, Any] = {}  # literal arguments still to draw: name -> the seed's value
         # anchors before the arguments linked to them
@@ -570,6 +576,8 @@ class Grounder:
                     pinned = self.memo.get(_memo_key(path[i])) if mask[i] else None
                     if pinned is not None:
                         path[i], mask[i] = pinned, False
+                if live is None:
+                    live = read()
                 options = expand(live, tuple(path), tuple(mask), src.is_key, start)
                 options = [(p, v) for p, v in options if type(v) is type(value)
                            and (src.shape is None or shape(follow(live, p)) == src.shape)]
@@ -638,7 +646,7 @@ def live_state(ep: Episode, owners: set | None = None, states: ClassStates | Non
                     if name in ep.instances}
         return ep.snapshot()
     except RecursionError:  # a call made the simulator's state cyclic (a folder moved into itself)
-        raise StepFailed("the state became cyclic") from None
+        raise CyclicState("the state became cyclic") from None
 
 
 @dataclass
@@ -823,9 +831,10 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                     used, args = alt, alt.arguments
                 else:
                     used = step
-                    live = live_state(ep, owners, states) if owners else None
                     try:
-                        args = g.ground(step, live, fresh=attempt > 0)
+                        args = g.ground(step, functools.partial(live_state, ep, owners, states), fresh=attempt > 0)
+                    except CyclicState:
+                        raise
                     except StepFailed as exc:
                         last = str(exc)
                         n_repairs += attempt > 0
