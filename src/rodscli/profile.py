@@ -31,6 +31,7 @@ count.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from dataclasses import dataclass, field
@@ -157,6 +158,16 @@ def value_key(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=8192)
+def _json_leaves(text: str) -> frozenset | None:
+    """`leaves` of a JSON result text (None: not JSON); the same results recur across
+    the tasks and candidates of one world, so they are read once."""
+    try:
+        return frozenset(leaves(orjson.loads(text)))
+    except orjson.JSONDecodeError:
+        return None
+
+
 class _ResultIndex:
     """The values a result holds: JSON leaves, or the raw text for substring checks."""
 
@@ -164,12 +175,7 @@ class _ResultIndex:
 
     def __init__(self, text: str, error: str | None):
         self.text = "" if error else text
-        self.values: set | None = None
-        if self.text[:1] in ("{", "["):
-            try:
-                self.values = leaves(orjson.loads(self.text))
-            except orjson.JSONDecodeError:
-                self.values = None
+        self.values: frozenset | None = _json_leaves(self.text) if self.text[:1] in ("{", "[") else None
 
     def holds(self, key: str) -> bool:
         if not self.text:
