@@ -68,7 +68,7 @@ REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplic
 WRITERS = ("template", "llm")
 RESTARTS = 4  # executions of one attempt in the same world before it is given up
 MAX_PATHS = 12  # state paths remembered per argument value (the first ones in state order)
-VIEWS = 512  # class states kept converted to JSON data in one run (see ClassStates.view)
+VIEWS = 4096  # class states kept converted to JSON data (and their entity lists) in one run (see ClassStates.view)
 
 # ------------------------------------------------------------------------------- options
 
@@ -545,6 +545,7 @@ class Grounder:
     memo: dict[Any, Any] = field(default_factory=dict)  # seed value (see _memo_key) -> variant value
     donors: dict[str, list[dict]] = field(default_factory=dict)  # tool -> the donor task's calls of it
     parsed: list[Any] = field(default_factory=list)  # variant results, parsed
+    states: ClassStates | None = None  # the episode's class states (options kept per state)
 
     def ground(self, step: Step, read: Callable[[], Any], fresh: bool) -> dict:
         """The step's arguments; `read()` gives the live state (read only when an argument needs it)."""
@@ -578,9 +579,7 @@ class Grounder:
                         path[i], mask[i] = pinned, False
                 if live is None:
                     live = read()
-                options = expand(live, tuple(path), tuple(mask), src.is_key, start)
-                options = [(p, v) for p, v in options if type(v) is type(value)
-                           and (src.shape is None or shape(follow(live, p)) == src.shape)]
+                options = self._options(live, tuple(path), tuple(mask), src, start, type(value))
                 if not options:  # this world has no such entity: a value the API graph has seen
                     literal[arg] = value
                     continue
@@ -605,6 +604,20 @@ class Grounder:
                 chosen[arg] = v
                 self.memo[_memo_key(literal[arg])] = v
         return {arg: chosen[arg] for arg in step.arguments}
+
+    def _options(self, live: Any, path: tuple, mask: tuple, src: Source, start: int, kind: type) -> list:
+        """The entities of the live state a state argument may name: (path, value) for every
+        match of the pattern whose value has the seed's type and whose entity has the seed's
+        shape; kept per class state (by its bytes) when `states` is given."""
+        blob = self.states.blob(path[0]) if self.states is not None and path else None
+        key = (path[0], blob, path, mask, src.is_key, start, kind, src.shape) if blob is not None else None
+        options = self.states.views.get(key) if key is not None else None  # type: ignore[union-attr]
+        if options is None:
+            options = [(p, v) for p, v in expand(live, path, mask, src.is_key, start) if type(v) is kind
+                       and (src.shape is None or shape(follow(live, p)) == src.shape)]
+            if key is not None:
+                self.states.keep(key, options)  # type: ignore[union-attr]
+        return options
 
     def _flow(self, step: Step, arg: str, src: Source) -> Any:
         """The value at the same place in the producing call's new result."""
@@ -723,10 +736,15 @@ class ClassStates:
         key = (owner, blob)
         view = self.views.get(key)
         if view is None:
-            if len(self.views) >= VIEWS:
-                self.views.clear()
-            view = self.views[key] = _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
+            view = self.keep(key, _state({k: v for k, v in vars(obj).items() if not k.startswith("_")}))
         return view
+
+    def keep(self, key: tuple, value: Any) -> Any:
+        """Remember something derived from a class state (keyed by the state's bytes)."""
+        if len(self.views) >= VIEWS:
+            self.views.clear()
+        self.views[key] = value
+        return value
 
     def after(self, owner: str) -> bytes | None:
         """The class's state after a call (None: it became unpicklable)."""
@@ -816,7 +834,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     outcomes = {} if outcomes is None else outcomes
     MISMATCH = "the call changed state where the seed's did not, or the other way round"
     ep: Episode = open_episode(task)
-    states = ClassStates(ep, views)
+    states = g.states = ClassStates(ep, views)
     try:
         offered_at: dict[int, set[str]] = {}
         for step in plan.steps:
