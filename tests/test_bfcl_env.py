@@ -274,6 +274,10 @@ def test_tracked_random_draws_and_pickles_like_random():
     assert plain.random() == tracked.random() and plain.choice("abcdef") == tracked.choice("abcdef")
     blob = pickle.dumps(tracked)
     assert pickle.dumps(tracked) == blob  # not drawn from: the same bytes
+    assert pickle.dumps(pickle.loads(blob)) == blob  # unpickled, not drawn from: the same bytes
+    ahead = random.Random()
+    ahead.setstate(plain.getstate())
+    assert pickle.loads(blob).random() == ahead.random()  # the first draw of an unpickled one
     copy = pickle.loads(blob)
     assert copy.getstate() == tracked.getstate() == plain.getstate()
     assert copy.gauss(0, 1) == plain.gauss(0, 1)  # gauss keeps a spare value in its state

@@ -418,7 +418,16 @@ class BFCLEnvironment(Environment):
             obj = cls.__new__(cls)
             vars(obj).update(pickle.loads(_loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)))
             instances[name] = obj
-        return BFCLEpisode(instances, tools_for(classes))
+        key = tuple(classes)
+        episode = BFCLEpisode(instances, tools_for(classes))
+        known = _EPISODE_TOOLS.get(key)
+        if known is None:  # the tool index and compiled checks of this class combination, once
+            known = _EPISODE_TOOLS[key] = (episode.tool_index(), episode.argument_checks())
+        episode._tool_index, episode._argument_checks = known  # read only, shared
+        return episode
+
+
+_EPISODE_TOOLS: dict[tuple[str, ...], tuple[dict, dict]] = {}
 
 
 class TrackedRandom(random.Random):
@@ -427,10 +436,12 @@ class TrackedRandom(random.Random):
     The simulators keep a seeded generator (`_random`); their state is pickled before and
     after every call (undo, change detection, Phi's state fingerprints) and unpickled at
     every reset. A plain generator pickles as 625 integers read out each time; this one
-    keeps its state as bytes until the next draw.
+    keeps its state as bytes until the next draw, and an unpickled one sets its state
+    from them only when first drawn from (most episodes never draw).
     """
 
-    _packed: bytes | None = None
+    _packed: bytes | None = None  # the state as bytes (see __reduce__), while not drawn from
+    _pending: bool = False  # the generator's own state is not set from _packed yet
 
     @classmethod
     def copy_of(cls, rng: random.Random) -> TrackedRandom:
@@ -438,20 +449,33 @@ class TrackedRandom(random.Random):
         out.setstate(rng.getstate())
         return out
 
-    def random(self) -> float:
+    def _moved(self) -> None:
+        if self._pending:
+            _CRandom.setstate(self, tuple(array("I", self._packed.partition(b"\n")[2])))  # type: ignore[union-attr]
+            self._pending = False
         self._packed = None
+
+    def random(self) -> float:
+        self._moved()
         return super().random()
 
     def getrandbits(self, k: int) -> int:
-        self._packed = None
+        self._moved()
         return super().getrandbits(k)
 
+    def getstate(self) -> tuple:
+        if self._pending:
+            packed = self._packed
+            self._moved()
+            self._packed = packed
+        return super().getstate()
+
     def seed(self, *args: Any, **kwargs: Any) -> None:
-        self._packed = None
+        self._pending, self._packed = False, None
         super().seed(*args, **kwargs)
 
     def setstate(self, state: tuple) -> None:
-        self._packed = None
+        self._pending, self._packed = False, None
         super().setstate(state)
 
     def __reduce__(self) -> tuple:
@@ -461,12 +485,16 @@ class TrackedRandom(random.Random):
         return _unpack_random, (self._packed,)
 
 
+_CRandom = random.Random.__mro__[1]  # the C generator under random.Random
+
+
 def _unpack_random(packed: bytes) -> TrackedRandom:
-    head, _, words = packed.partition(b"\n")
-    version, gauss = orjson.loads(head)
-    out = TrackedRandom.__new__(TrackedRandom)  # unseeded: the state is set whole below
-    out.setstate((version, tuple(array("I", words)), gauss))
-    out._packed = packed
+    version, gauss = orjson.loads(packed.partition(b"\n")[0])
+    if version != random.Random.VERSION:
+        raise ValueError(f"random state of version {version}, expected {random.Random.VERSION}")
+    out = TrackedRandom.__new__(TrackedRandom)  # its state is set from `packed` on the first draw
+    out.gauss_next = gauss
+    out._packed, out._pending = packed, True
     return out
 
 
