@@ -121,7 +121,9 @@ def _mask(root: Any, path: tuple) -> tuple:
 
 
 def index_paths(root: Any, values: set[str], limit: int = MAX_PATHS) -> dict[str, list[tuple[tuple, tuple, bool]]]:
-    """`find_paths` for several strings in one walk of the state (masks only for the hits)."""
+    """Every place (up to `limit`) where each of several strings occurs in the state, as a
+    value or a dict key: (concrete path, wildcard mask, value-is-a-dict-key), in one walk
+    (masks only for the hits; see `FirstPaths` for the mask)."""
     found: dict[str, list] = {v: [] for v in values}
 
     def walk(node: Any, path: tuple) -> None:
@@ -139,37 +141,48 @@ def index_paths(root: Any, values: set[str], limit: int = MAX_PATHS) -> dict[str
     return {v: [(p, _mask(root, p), is_key) for p, is_key in hits] for v, hits in found.items()}
 
 
-def find_paths(root: Any, value: Any, limit: int = MAX_PATHS, loose: bool = False) -> list[tuple[tuple, tuple, bool]]:
-    """Where `value` occurs in `root`: (concrete path, wildcard mask, value-is-a-dict-key).
+class FirstPaths:
+    """Where values first occur in parsed results: (concrete path, wildcard mask, value-is-a-dict-key).
 
+    Each result is walked once (depth first, a dict's key before its value), on first use.
     The mask marks the path steps that are wildcards (keys of a collection, list indices);
-    the top level (class or attribute names) is never a wildcard. `loose` matches values
-    the way Phi does, as the text the model sees (the number 6500.0 is the string "6500").
+    the top level is never a wildcard. A value is found as itself (the same type and
+    value; a string also as a dict key) or `loose`, the way Phi matches values, as the text
+    the model sees (the number 6500.0 is the string "6500"; keys do not count).
     """
-    out: list[tuple[tuple, tuple, bool]] = []
-    want = type(value)
-    if loose:
-        text = value_key(value)
-        want = None  # type: ignore[assignment]
 
-    def walk(node: Any, path: tuple, mask: tuple) -> None:
-        if len(out) >= limit:
-            return
-        if isinstance(node, dict):
-            wild = bool(path) and _is_collection(node)
-            for k, v in node.items():
-                if k == value and want is str:
-                    out.append(((*path, k), (*mask, wild), True))
-                walk(v, (*path, k), (*mask, wild))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, (*path, i), (*mask, True))
-        elif (type(node) is want and node == value) or (want is None and not isinstance(node, bool)
-                                                          and node is not None and value_key(node) == text):
-            out.append((path, mask, False))
+    def __init__(self, parsed: list[Any]):
+        self.parsed = parsed
+        self.tables: dict[int, tuple[dict, dict]] = {}
 
-    walk(root, (), ())
-    return out
+    def first(self, i: int, value: Any, loose: bool = False) -> tuple[tuple, tuple, bool] | None:
+        tables = self.tables.get(i)
+        if tables is None:
+            tables = self.tables[i] = self._walk(self.parsed[i])
+        return tables[1].get(value_key(value)) if loose else tables[0].get((type(value), value))
+
+    @staticmethod
+    def _walk(root: Any) -> tuple[dict, dict]:
+        same: dict = {}  # (type, value) -> first hit
+        text: dict = {}  # value_key -> first hit (scalars other than booleans and null)
+
+        def walk(node: Any, path: tuple, mask: tuple) -> None:
+            if isinstance(node, dict):
+                wild = bool(path) and _is_collection(node)
+                for k, v in node.items():
+                    if type(k) is str:
+                        same.setdefault((str, k), ((*path, k), (*mask, wild), True))
+                    walk(v, (*path, k), (*mask, wild))
+            elif isinstance(node, list):
+                for i, v in enumerate(node):
+                    walk(v, (*path, i), (*mask, True))
+            else:
+                same.setdefault((type(node), node), (path, mask, False))
+                if not isinstance(node, bool) and node is not None:
+                    text.setdefault(value_key(node), (path, mask, False))
+
+        walk(root, (), ())
+        return same, text
 
 
 def follow(root: Any, path: Iterable) -> Any:
@@ -275,6 +288,7 @@ def make_plan(seed: dict) -> Plan:
         index = ep.tool_index()
         steps: list[Step] = []
         parsed: list[Any] = []
+        found = FirstPaths(parsed)
         for turn, calls in enumerate(seed["reference"]):
             offered = {tool_name(t) for t in offered_tools(seed, ep, turn)}
             for c in calls:
@@ -284,7 +298,7 @@ def make_plan(seed: dict) -> Plan:
                 in_state = index_paths(live, wanted) if wanted else {}
                 sources: dict[str, Source] = {}
                 for arg, value in c["arguments"].items():
-                    sources[arg] = _bind(arg, value, enums, parsed, in_state)
+                    sources[arg] = _bind(arg, value, enums, found, in_state)
                 _link(sources)
                 for src in sources.values():
                     if src.kind == "state" and src.is_key:
@@ -312,7 +326,7 @@ def make_plan(seed: dict) -> Plan:
     return Plan(seed, steps, len(seed["reference"]), profile, mutated, occurrence)
 
 
-def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Source | None:
+def _flow_source(value: Any, parsed: FirstPaths, any_value: bool = False) -> Source | None:
     """The latest earlier result holding `value` (as Phi finds flow edges), or None.
 
     A small number flows only from an id field (a ticket id 2), not by accident, unless
@@ -321,17 +335,17 @@ def _flow_source(value: Any, parsed: list[Any], any_value: bool = False) -> Sour
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     for loose in (False, True):  # the same value first, then the same text (a count as a string)
-        for i in range(len(parsed) - 1, -1, -1):
-            if parsed[i] is not None:
-                hits = find_paths(parsed[i], value, 1, loose=loose)
-                if hits and (any_value or nontrivial(value) or _id_field(hits[0][0])):
-                    path, mask, is_key = hits[0]
+        for i in range(len(parsed.parsed) - 1, -1, -1):
+            if parsed.parsed[i] is not None:
+                hit = parsed.first(i, value, loose)
+                if hit and (any_value or nontrivial(value) or _id_field(hit[0])):
+                    path, mask, is_key = hit
                     return Source("flow", call=i, path=path, mask=mask, is_key=is_key,
                                   cast=type(value).__name__ if loose else None)
     return None
 
 
-def _bind(arg: str, value: Any, enums: set[str], parsed: list[Any], in_state: dict[str, list]) -> Source:
+def _bind(arg: str, value: Any, enums: set[str], parsed: FirstPaths, in_state: dict[str, list]) -> Source:
     if arg in enums or isinstance(value, bool) or value is None:
         return Source("keep")
     if isinstance(value, list) and value:
