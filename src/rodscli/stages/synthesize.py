@@ -272,6 +272,17 @@ class Plan:
     profile: dict
     mutated: list[bool]  # whether each seed call changed its owner's state (Phi's state edges hang on it)
     occurrence: list[int] = field(default_factory=list)  # each step: how many earlier steps call the same tool
+    offered: dict[int, set[str]] = field(default_factory=dict)  # turn -> the tool names offered (see `offered_at`)
+
+    def offered_at(self, task: dict, ep: Episode, turn: int) -> set[str]:
+        """The tools offered at `turn` in an episode of `task`: kept when the task has the
+        seed's tools, withheld tools and environment (a variant shares them)."""
+        if all(task.get(k) is self.seed.get(k) for k in ("tools", "withheld", "env_config", "env")):
+            names = self.offered.get(turn)
+            if names is None:
+                names = self.offered[turn] = {tool_name(t) for t in offered_tools(task, ep, turn)}
+            return names
+        return {tool_name(t) for t in offered_tools(task, ep, turn)}
 
 
 def _enum_args(schema: dict) -> set[str]:
@@ -533,9 +544,12 @@ def new_world(seed: dict, rng: random.Random, pool: dict[tuple, list[dict]], att
 # ------------------------------------------------------------------------------- grounding and execution
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _memo_key(value: Any) -> Any:
     """The seed's value as a dict key: scalars as (type, value) so that 1, 1.0 and True stay apart."""
-    if isinstance(value, str | int | float | bool) or value is None:
+    if type(value) in _SCALARS or isinstance(value, str | int | float | bool):
         return (type(value), value)
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
@@ -600,7 +614,10 @@ class Grounder:
                 # distinct entities in the seed stay distinct (two products stay two), else
                 # an accidental flow edge changes Phi; and prefer something other than the seed's
                 taken = {_memo_key(v) for k, v in self.memo.items() if k != key}
-                fresh_options = [o for o in options if _memo_key(o[1]) not in taken] or options
+                if type(value) in _SCALARS:  # every option has the seed's type: its key is (type, value)
+                    fresh_options = [o for o in options if (type(value), o[1]) not in taken] or options
+                else:
+                    fresh_options = [o for o in options if _memo_key(o[1]) not in taken] or options
                 different = [o for o in fresh_options if o[1] != value]
                 p, v = self.rng.choice(different or fresh_options)
                 chosen[arg], paths[arg] = v, p
@@ -850,11 +867,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     ep: Episode = open_episode(task)
     states = g.states = ClassStates(ep, views)
     try:
-        offered_at: dict[int, set[str]] = {}
         for step in plan.steps:
-            if step.turn not in offered_at:
-                offered_at[step.turn] = {tool_name(t) for t in offered_tools(task, ep, step.turn)}
-            offered = offered_at[step.turn]
+            offered = plan.offered_at(task, ep, step.turn)
             owners = {s.path[0] for s in step.sources.values() if s.kind == "state"}
             last = "no attempt"
             alt = substitute(step, ep, offered, graph, avoid, rng) if step.index in leaves and rng.random() < swap else None
@@ -1173,9 +1187,10 @@ class DuplicateIndex:
 
 
 def _replays(task: dict, results: list[str], final: str | None, known: CallTrace | None = None,
-             views: dict | None = None) -> tuple[bool, CallTrace]:
+             views: dict | None = None, plan: Plan | None = None) -> tuple[bool, CallTrace]:
     """The reference on a fresh episode: no error, the same results, the same final state
-    (when `final` is given; `views` as in `execute`). With `known` (the generation's own
+    (when `final` is given; `views` as in `execute`; `plan` keeps the tools offered per
+    turn). With `known` (the generation's own
     trace) the replay only runs the calls; else it also fingerprints the state around each
     call for Phi."""
     ep = open_episode(task)
@@ -1185,7 +1200,8 @@ def _replays(task: dict, results: list[str], final: str | None, known: CallTrace
         else:
             trace = CallTrace()
             for turn, calls in enumerate(task["reference"]):
-                offered = {tool_name(t) for t in offered_tools(task, ep, turn)}
+                offered = plan.offered_at(task, ep, turn) if plan is not None else \
+                    {tool_name(t) for t in offered_tools(task, ep, turn)}
                 outs = [ep.call(c["name"], c["arguments"], offered) for c in calls]
                 trace.results.append([o.result or "" for o in outs])
                 trace.errors.append([o.error for o in outs])
@@ -1280,7 +1296,7 @@ class Synthesizer:
                 return None, "profile_mismatch"
         # a repaired step ran failed calls in the generating episode, which may have touched
         # state no replay sees: then the results must agree, the final state is the replay's
-        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known, self.views)
+        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known, self.views, plan)
         if not ok:
             return None, "replay_failed"
         if known is None:
