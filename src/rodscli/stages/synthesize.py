@@ -668,6 +668,21 @@ class Grounder:
         return src.path[-1] if src.path[-1] in keys else self.rng.choice(keys)
 
 
+_FAMILIES: dict[type, str] = {}
+
+
+def _family(ep: Episode) -> str:
+    """builtin, bfcl or other: by the episode's class (isinstance on these ABCs is slow)."""
+    family = _FAMILIES.get(type(ep))
+    if family is None:
+        from rodscli.envs.bfcl import BFCLEpisode
+        from rodscli.envs.builtin import BuiltinEpisode
+
+        family = _FAMILIES[type(ep)] = "builtin" if isinstance(ep, BuiltinEpisode) else \
+            "bfcl" if isinstance(ep, BFCLEpisode) else "other"
+    return family
+
+
 def live_state(ep: Episode, owners: set | None = None, states: ClassStates | None = None) -> Any:
     """The state to ground in, read now; `owners` limits it to those classes.
 
@@ -675,16 +690,14 @@ def live_state(ep: Episode, owners: set | None = None, states: ClassStates | Non
     written); a BFCL class is converted alone, or, with `states`, taken from its views (the
     conversion of each class state met, by its bytes); any other episode gives its snapshot.
     """
-    from rodscli.envs.bfcl import BFCLEpisode
-    from rodscli.envs.builtin import BuiltinEpisode
-
     def public(obj: Any) -> dict:
         return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
 
+    family = _family(ep)
     try:
-        if isinstance(ep, BuiltinEpisode):
-            return {name: public(obj) for name, obj in ep.instances.items()}
-        if isinstance(ep, BFCLEpisode) and (owners is not None or states is not None):
+        if family == "builtin":
+            return {name: public(obj) for name, obj in ep.instances.items()}  # type: ignore[attr-defined]
+        if family == "bfcl" and (owners is not None or states is not None):
             states = ClassStates(ep) if states is None else states
             return {name: states.view(name) for name in sorted(ep.instances if owners is None else owners)
                     if name in ep.instances}
@@ -694,12 +707,34 @@ def live_state(ep: Episode, owners: set | None = None, states: ClassStates | Non
 
 
 @dataclass
+class FinalState:
+    """An episode's state after its last call: each class's bytes (see ClassStates; None
+    for other episodes), and the hash of its public state, computed when first asked."""
+
+    blobs: dict[str, bytes] | None
+    read: Callable[[], str]
+    _hash: str | None = None
+
+    def hash(self) -> str:
+        if self._hash is None:
+            self._hash = self.read()
+        return self._hash
+
+    def same(self, ep: Episode, views: dict | None = None) -> bool:
+        """Whether `ep` is in this state: the same bytes of every class, else the same hash."""
+        states = ClassStates(ep, views)
+        if self.blobs is not None and {name: states.blob(name) for name in states.instances} == self.blobs:
+            return True
+        return state_hash(live_state(ep, None, states)) == self.hash()
+
+
+@dataclass
 class Execution:
     """A plan grounded and executed: the reference per turn, each call's result, the final state."""
 
     reference: list[list[dict]]
     results: list[str]
-    final: str  # state hash after the last call
+    final: FinalState
     repairs: int
     kinds: dict
     tools: dict[str, dict]  # tool name -> schema
@@ -736,6 +771,7 @@ class ClassStates:
         self.instances = getattr(ep, "instances", None) or {}
         self.blobs: dict[str, bytes] = {}
         self.views = {} if views is None else views  # (class, state bytes) -> its public state as JSON data
+        self.json = _family(ep) == "builtin"  # a built-in simulator's state is JSON data
 
     def before(self, name: str) -> tuple[str, bytes] | None:
         """The class `name` runs on and its state now, or None (no class, or unpicklable)."""
@@ -794,12 +830,9 @@ class ClassStates:
         self.blobs[owner] = blob
 
     def _dump(self, owner: str) -> bytes | None:
-        # a built-in simulator's state is JSON data: orjson is several times faster than pickle
-        from rodscli.envs.builtin import BuiltinEpisode
-
         state = vars(self.instances[owner])
         try:
-            if isinstance(self.ep, BuiltinEpisode):
+            if self.json:  # orjson is several times faster than pickle
                 return b"j" + orjson.dumps(state)
             return b"p" + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # an unpicklable attribute: no undo, the profile filter still checks
@@ -923,10 +956,17 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             done.append(used)
             mutated.append(None if after is None else changed)
             call_owners.append("" if saved is None else saved[0])
-            kinds.update(s.kind for s in used.sources.values())
+            for src in used.sources.values():
+                kinds[src.kind] += 1
             if used is not step:
                 kinds["swapped"] += 1
-        final = state_hash(live_state(ep, None, states))
+        if _family(ep) == "other":  # its state may not outlive the episode
+            digest = state_hash(live_state(ep, None, states))
+            final = FinalState(None, lambda: digest)
+        else:  # the simulators stay readable after close
+            blobs = {name: states.blob(name) for name in states.instances}
+            final = FinalState(None if None in blobs.values() else blobs,  # type: ignore[arg-type]
+                               functools.partial(_final_hash, ep, states))
         tools = dict(ep.tool_index())
     finally:
         ep.close()
@@ -1174,9 +1214,10 @@ class DuplicateIndex:
             self.by_key[k].append(i)
 
     def max_jaccard(self, keys: frozenset[str]) -> float:
-        shared: Counter = Counter()
+        shared: dict[int, int] = {}
         for k in keys:
-            shared.update(self.by_key.get(k, ()))
+            for i in self.by_key.get(k, ()):
+                shared[i] = shared.get(i, 0) + 1
         best = 0.0
         for i, c in shared.items():
             best = max(best, c / (len(keys) + self.sizes[i] - c))
@@ -1186,7 +1227,11 @@ class DuplicateIndex:
 # ------------------------------------------------------------------------------- the stage
 
 
-def _replays(task: dict, results: list[str], final: str | None, known: CallTrace | None = None,
+def _final_hash(ep: Episode, states: ClassStates) -> str:
+    return state_hash(live_state(ep, None, states))
+
+
+def _replays(task: dict, results: list[str], final: FinalState | None, known: CallTrace | None = None,
              views: dict | None = None, plan: Plan | None = None) -> tuple[bool, CallTrace]:
     """The reference on a fresh episode: no error, the same results, the same final state
     (when `final` is given; `views` as in `execute`; `plan` keeps the tools offered per
@@ -1207,7 +1252,7 @@ def _replays(task: dict, results: list[str], final: str | None, known: CallTrace
                 trace.errors.append([o.error for o in outs])
             trace.mutated, trace.owners = known.mutated, known.owners
         try:
-            same_state = final is None or state_hash(live_state(ep, None, ClassStates(ep, views))) == final
+            same_state = final is None or final.same(ep, views)
         except (RecursionError, StepFailed):
             same_state = False
     finally:
