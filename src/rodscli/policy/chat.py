@@ -14,8 +14,8 @@ after `<|im_end|>`, then `<|im_start|>user\\n<tool_response>...`, then
 not depend on the content of earlier messages (ChatML, Qwen2.5/3, Hermes, Llama 3).
 
 Tools revealed at a later turn (miss_func tasks) are announced in a system message inserted
-before that user turn, listing the new signatures in the same `<tools>` format as the
-system prompt; templates that reject a system message there get the announcement prepended
+before that user turn, listing the new signatures exactly as the template lists tools in
+its system prompt (the lines of its `<tools>` block); templates that reject a system message there get the announcement prepended
 to the user message instead.
 """
 
@@ -48,6 +48,7 @@ FINAL_ANSWER = "Done."
 NO_CALL_ANSWER = "I cannot do that yet: a needed value or tool is missing. Please tell me more."
 
 _MARK = "\u2063rods-probe\u2063"
+_TOOLS_BLOCK = re.compile(r"<tools>\n(.*?)\n</tools>", re.S)  # a template's tool list (not "<tools></tools>" in its prose)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 
 
@@ -166,9 +167,20 @@ class ChatFormat:
         anchor = _MARK + self.eot_text
         return text[text.rindex(anchor) + len(anchor):]
 
+    def tool_listing(self, tools: list[dict]) -> str:
+        """`tools` as the template lists them in its system prompt (the lines inside its
+        `<tools>` block: a JSON schema per line for Qwen, a one-line signature for the tiny
+        policy); one JSON schema per line for a template without such a block."""
+        try:
+            text = self.render([{"role": "user", "content": _MARK}], tools=tools, gen=False)
+        except Exception:  # a template may reject tools (jinja raise_exception)
+            text = ""
+        found = _TOOLS_BLOCK.search(text)
+        return found.group(1) if found else "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+
     def announce(self, tools: list[dict]) -> list[dict]:
         """Messages that reveal tools offered from this turn on (see module doc)."""
-        listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        listing = self.tool_listing(tools)
         text = f"New tools are available from now on. Their signatures, within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>"
         return [{"role": "system", "content": text}]
 
