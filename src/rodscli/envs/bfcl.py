@@ -364,13 +364,23 @@ def simulator_class(class_name: str) -> type:
     return getattr(importlib.import_module(f"{_BACKEND}.{CLASS_MODULES[class_name]}"), class_name)
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))  # values `_state` keeps as they are
+
+
 def _state(value: Any) -> Any:
     """Public state as JSON data, compared the way BFCL's checker compares it.
 
     BFCL compares public attributes with `==`; its file-system objects define `__eq__` on
     name and content only, so a directory's `parent` link (a cycle) is left out here too.
     """
-    if value is None or isinstance(value, bool | int | str):
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:  # the common case first: plain values are kept as they are
+        return {k if type(k) is str else str(k): v if type(v) in _PLAIN else _state(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else _state(v) for v in value]
+    if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if value == value else "NaN"
