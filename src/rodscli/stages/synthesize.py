@@ -169,17 +169,22 @@ class FirstPaths:
         def walk(node: Any, path: tuple, mask: tuple) -> None:
             if isinstance(node, dict):
                 wild = bool(path) and _is_collection(node)
+                inner = (*mask, wild)
                 for k, v in node.items():
-                    if type(k) is str:
-                        same.setdefault((str, k), ((*path, k), (*mask, wild), True))
-                    walk(v, (*path, k), (*mask, wild))
+                    if type(k) is str and (str, k) not in same:
+                        same[(str, k)] = ((*path, k), inner, True)
+                    walk(v, (*path, k), inner)
             elif isinstance(node, list):
+                inner = (*mask, True)
                 for i, v in enumerate(node):
-                    walk(v, (*path, i), (*mask, True))
+                    walk(v, (*path, i), inner)
             else:
-                same.setdefault((type(node), node), (path, mask, False))
-                if not isinstance(node, bool) and node is not None:
-                    text.setdefault(value_key(node), (path, mask, False))
+                kind, hit = type(node), (path, mask, False)
+                same.setdefault((kind, node), hit)
+                if kind is str:  # value_key of a string is itself
+                    text.setdefault(node, hit)
+                elif kind is not bool and node is not None:
+                    text.setdefault(value_key(node), hit)
 
         walk(root, (), ())
         return same, text
@@ -742,11 +747,13 @@ class Execution:
     steps: list[Step]  # the steps as done (a leaf step may have been done by another tool)
     mutated: list[bool | None]  # each call: whether it changed its class's state (None: unknown)
     owners: list[str]  # each call: the class it ran on
+    dirty: bool = False  # a failed call changed state (or may have): the kept calls ran on states no replay sees
 
     def call_trace(self) -> CallTrace | None:
         """The executed calls as Phi's CallTrace, when every state change is known: a
-        generation that ran no failed call is exactly what a replay runs."""
-        if self.repairs or any(m is None for m in self.mutated):
+        generation whose failed calls changed no state (and whose undone calls were undone)
+        ran its kept calls on the states a replay runs them on."""
+        if self.dirty or any(m is None for m in self.mutated):
             return None
         trace, k = CallTrace(), 0
         for turn in self.reference:
@@ -889,6 +896,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     results: list[str] = []
     done: list[Step] = []
     n_repairs = 0
+    dirty = False
     kinds: Counter = Counter()
     leaves = leaf_steps(plan) if swap else set()
     mutated: list[bool | None] = []  # each executed call: did it change its class (None: unknown)
@@ -946,6 +954,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                 last = out.result or out.error or "error"
                 if key is not None and not changed:
                     outcomes[(key, saved[1])] = last  # type: ignore[index]
+                dirty = dirty or changed
                 n_repairs += 1
                 alt = None
             else:
@@ -970,7 +979,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
         tools = dict(ep.tool_index())
     finally:
         ep.close()
-    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed, done, mutated, call_owners)
+    return Execution(reference, results, final, n_repairs, dict(kinds), tools, g.parsed, done, mutated, call_owners, dirty)
 
 
 # ------------------------------------------------------------------------------- the template writer
@@ -1339,9 +1348,9 @@ class Synthesizer:
             distance = profile_distance(profile, plan.profile)
             if profile["ref_errors"] or distance > opts.tolerance:
                 return None, "profile_mismatch"
-        # a repaired step ran failed calls in the generating episode, which may have touched
-        # state no replay sees: then the results must agree, the final state is the replay's
-        ok, trace = _replays(cand, run.results, run.final if not run.repairs else None, known, self.views, plan)
+        # a failed call that changed state in the generating episode (a repair) leaves state
+        # no replay sees: then the results must agree, the final state is the replay's
+        ok, trace = _replays(cand, run.results, run.final if not run.dirty else None, known, self.views, plan)
         if not ok:
             return None, "replay_failed"
         if known is None:
