@@ -41,12 +41,14 @@ against a known task or an accepted candidate (`near_duplicate`), no call at all
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import pickle
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1398,6 +1400,18 @@ class Synthesizer:
                               "top_flows": {f"{p} -> {c}.{a}": n for (p, c, a), n in feeds[:10]}}}
 
 
+@contextlib.contextmanager
+def _long_lived_frozen() -> Iterator[None]:
+    """The objects alive before synthesis (the tasks, the buffer, the mined graph: many, and
+    long-lived) are left out of the cyclic collector while it runs, so that its passes walk
+    only what synthesis allocates (episodes hold cycles: they are still collected)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
                progress: Callable[[list, str], Iterable] | None = None) -> tuple[list[dict], dict]:
     """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason)."""
@@ -1405,8 +1419,9 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
     if opts.writer == "llm" and not opts.policy:
         raise OptionError("the llm writer needs --policy (a checkpoint to rewrite the user turns with)", field="--policy")
     out: list[dict] = []
-    for seed in (progress(seeds, "synthesize") if progress and opts.per_seed else seeds):
-        out.extend(synth.variants(seed))
+    with _long_lived_frozen():
+        for seed in (progress(seeds, "synthesize") if progress and opts.per_seed else seeds):
+            out.extend(synth.variants(seed))
     stats = synth.stats(len(out), len(seeds) * opts.per_seed)
     if opts.writer == "llm" and out:
         writer = LLMWriter(opts.policy, opts.backend, opts.seed)  # type: ignore[arg-type]
