@@ -50,6 +50,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -929,7 +930,8 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                         n_repairs += attempt > 0
                         continue
                 saved = states.before(used.name)
-                key = _call_key(used.name, args) if saved is not None else None
+                # (the key is made only when some outcome is known, or one is to be remembered)
+                key = _call_key(used.name, args) if saved is not None and outcomes else None
                 known = outcomes.get((key, saved[1])) if key is not None else None  # type: ignore[index]
                 if isinstance(known, str) or (known is not None and attempt < repairs and known != plan.mutated[step.index]):
                     last = known if isinstance(known, str) else MISMATCH  # it would fail again, or be undone again
@@ -947,6 +949,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                         break
                     states.restore(saved[0], saved[1])  # type: ignore[index]
                     last = MISMATCH
+                    key = key or _call_key(used.name, args)
                     if key is not None:
                         outcomes[(key, saved[1])] = changed  # type: ignore[index]
                     n_repairs += 1
@@ -954,8 +957,10 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                     continue
                 # BFCL's simulators report refusals as {"error": ...} results: a failed call too
                 last = out.result or out.error or "error"
-                if key is not None and not changed:
-                    outcomes[(key, saved[1])] = last  # type: ignore[index]
+                if saved is not None and not changed:
+                    key = key or _call_key(used.name, args)
+                    if key is not None:
+                        outcomes[(key, saved[1])] = last
                 dirty = dirty or changed
                 n_repairs += 1
                 alt = None
@@ -1225,10 +1230,7 @@ class DuplicateIndex:
             self.by_key[k].append(i)
 
     def max_jaccard(self, keys: frozenset[str]) -> float:
-        shared: dict[int, int] = {}
-        for k in keys:
-            for i in self.by_key.get(k, ()):
-                shared[i] = shared.get(i, 0) + 1
+        shared = Counter(chain.from_iterable(self.by_key.get(k, ()) for k in keys))  # counted in C
         best = 0.0
         for i, c in shared.items():
             best = max(best, c / (len(keys) + self.sizes[i] - c))
