@@ -287,3 +287,16 @@ def test_tracked_random_draws_and_pickles_like_random():
     t = next(t for t in bfcl.load_tasks(["base"]) if "TravelAPI" in t["env_config"]["involved_classes"])
     with open_episode(t) as ep:
         assert type(ep.instances["TravelAPI"]._random) is bfcl.TrackedRandom
+
+
+def test_fresh_episode_knows_the_bytes_of_its_initial_state(tasks):
+    import pickle
+
+    t = next(t for t in tasks if t["skill"] == "long_context" and "TravelAPI" in t["env_config"]["involved_classes"])
+    with open_episode(t) as ep:
+        assert set(ep.initial_states) == set(t["env_config"]["involved_classes"]) - bfcl.STATELESS_CLASSES
+        for name, blob in ep.initial_states.items():
+            assert pickle.dumps(vars(ep.instances[name]), protocol=pickle.HIGHEST_PROTOCOL) == blob
+        c = t["reference"][0][0]
+        ep.call(c["name"], c["arguments"])
+        assert ep.initial_states is None  # a call may have changed any of them

@@ -398,7 +398,18 @@ def _state(value: Any) -> Any:
 
 
 class BFCLEpisode(ClassEpisode):
-    """BFCL simulator instances; the snapshot is each class's public attributes."""
+    """BFCL simulator instances; the snapshot is each class's public attributes.
+
+    `initial_states` holds, until the first call, each class's attributes pickled the way
+    they were unpickled (pickle.HIGHEST_PROTOCOL; only where pickling them again gives the
+    same bytes), so that a caller tracking state by its bytes need not pickle them again.
+    """
+
+    initial_states: dict[str, bytes] | None = None
+
+    def invoke(self, name: str, arguments: dict) -> Any:
+        self.initial_states = None
+        return super().invoke(name, arguments)
 
     def snapshot(self) -> dict:
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
@@ -419,17 +430,21 @@ class BFCLEnvironment(Environment):
                              field="env_config.involved_classes")
         long_context = bool(cfg.get("long_context", False))
         initial = task.get("initial_state") or {}
-        instances = {}
+        instances, loaded = {}, {}
         for name in classes:
             cls = simulator_class(name)
             if name in STATELESS_CLASSES:
                 instances[name] = cls()
                 continue
             obj = cls.__new__(cls)
-            vars(obj).update(pickle.loads(_loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)))
+            blob, stable = _loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)
+            vars(obj).update(pickle.loads(blob))
             instances[name] = obj
+            if stable:
+                loaded[name] = blob
         key = tuple(classes)
         episode = BFCLEpisode(instances, tools_for(classes))
+        episode.initial_states = loaded
         known = _EPISODE_TOOLS.get(key)
         if known is None:  # the tool index and compiled checks of this class combination, once
             known = _EPISODE_TOOLS[key] = (episode.tool_index(), episode.argument_checks())
@@ -508,12 +523,13 @@ def _unpack_random(packed: bytes) -> TrackedRandom:
     return out
 
 
-_LOADED: dict[tuple[str, bytes, bool], bytes] = {}
+_LOADED: dict[tuple[str, bytes, bool], tuple[bytes, bool]] = {}
 _LOADED_MAX = 4096  # initial states kept (a few kB to a few hundred kB each)
 
 
-def _loaded_state(name: str, config: bytes, long_context: bool) -> bytes:
-    """A simulator's attributes after loading `config` (its JSON text), pickled.
+def _loaded_state(name: str, config: bytes, long_context: bool) -> tuple[bytes, bool]:
+    """A simulator's attributes after loading `config` (its JSON text), pickled, and
+    whether unpickling and pickling them again gives the same bytes.
 
     Loading runs BFCL's `_load_scenario` (deep copies of default states, random generators
     seeded, long-context extras attached from module-level data by reference) once per
@@ -521,15 +537,16 @@ def _loaded_state(name: str, config: bytes, long_context: bool) -> bytes:
     object graph, so no episode's writes reach another or the module-level data.
     """
     key = (name, config, long_context)
-    blob = _LOADED.get(key)
-    if blob is None:
+    known = _LOADED.get(key)
+    if known is None:
         obj = simulator_class(name)()
         obj._load_scenario(orjson.loads(config), long_context=long_context)
         for attr, value in vars(obj).items():
             if type(value) is random.Random:
                 vars(obj)[attr] = TrackedRandom.copy_of(value)
         blob = pickle.dumps(vars(obj), protocol=pickle.HIGHEST_PROTOCOL)
+        stable = pickle.dumps(pickle.loads(blob), protocol=pickle.HIGHEST_PROTOCOL) == blob
         if len(_LOADED) >= _LOADED_MAX:
             _LOADED.clear()
-        _LOADED[key] = blob
-    return blob
+        known = _LOADED[key] = (blob, stable)
+    return known

@@ -779,9 +779,11 @@ class ClassStates:
     def __init__(self, ep: Episode, views: dict | None = None):
         self.ep = ep
         self.instances = getattr(ep, "instances", None) or {}
-        self.blobs: dict[str, bytes] = {}
         self.views = {} if views is None else views  # (class, state bytes) -> its public state as JSON data
         self.json = _family(ep) == "builtin"  # a built-in simulator's state is JSON data
+        # a fresh BFCL episode knows the bytes it was unpickled from
+        loaded = getattr(ep, "initial_states", None) if not self.json else None
+        self.blobs: dict[str, bytes] = {name: b"p" + blob for name, blob in loaded.items()} if loaded else {}
 
     def before(self, name: str) -> tuple[str, bytes] | None:
         """The class `name` runs on and its state now, or None (no class, or unpicklable)."""
