@@ -110,6 +110,8 @@ def measure(name: str, seeds: list[dict], known: list[dict], per_seed: int, repe
           f"({stats['accepted'] / stats['requested']:.1%} of requested, {stats['attempted']} attempts, "
           f"rejected {stats['rejected']}) in {t_synth:.2f} CPU s = {rate:.1f} verified candidates/s "
           f"(target >= 200: {'met' if rate >= 200 else 'NOT met'})")
+    causes = ", ".join(f"{cause} ({n})" for cause, n in list(stats["execution_failures"].items())[:3])
+    print(f"  most frequent causes of failed executions: {causes or 'none'}")
     print(f"  baseline (generate-and-test, no planning): {b_ok}/{b_tried} verified in {t_base:.2f} CPU s "
           f"= {b_rate:.2f} verified candidates/s")
     ratio = rate / b_rate if b_rate else float("inf")

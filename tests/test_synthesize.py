@@ -46,6 +46,9 @@ def test_variants_replay_match_profile_and_carry_lineage():
     tasks = {t["id"]: t for t in seeds(2)}
     assert stats["requested"] == 32 and stats["accepted"] == len(cands) >= 29
     assert stats["attempted"] == stats["accepted"] + sum(stats["rejected"].values())
+    # failed executions by cause ("tool: reason"), at most every one of them
+    assert sum(stats["execution_failures"].values()) <= stats["rejected"]["execution_failed"]
+    assert all(": " in cause for cause in stats["execution_failures"])
     for c in cands:
         assert schemas.problems("task", c) == [], c["id"]
         parent = tasks[c["parent_id"]]
@@ -216,6 +219,7 @@ def test_bfcl_acceptance_100_seeds_x_4_variants():
     cands, stats = synthesize(picked, train, SynthesizeOptions(per_seed=4))
     assert len(picked) == 100
     assert stats["accepted"] >= 360, stats  # the 90% bar
+    assert stats["execution_failures"], stats  # the causes are reported (a route the simulator does not know, ...)
     by_id = {t["id"]: t for t in train}
     idx = DuplicateIndex()
     for c in cands:

@@ -563,7 +563,17 @@ def _memo_key(value: Any) -> Any:
 
 
 class StepFailed(Exception):
-    pass
+    def __init__(self, message: str, tool: str = ""):
+        super().__init__(message)
+        self.tool = tool  # the step's tool, when a call of it failed
+
+    def cause(self) -> str:
+        """Tool and reason in a few words (the simulator's error message when it gave one)."""
+        text = str(self)
+        parsed = _parse(text)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            text = parsed["error"]
+        return f"{self.tool}: {text[:80]}" if self.tool else text[:80]
 
 
 class CyclicState(StepFailed):
@@ -967,7 +977,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                 n_repairs += 1
                 alt = None
             else:
-                raise StepFailed(last)
+                raise StepFailed(last, step.name)
             reference[step.turn].append({"name": used.name, "arguments": args})
             results.append(out.result or "")
             g.parsed.append(parsed)
@@ -1285,6 +1295,7 @@ class Synthesizer:
     graph: ApiGraph = field(init=False)
     dups: DuplicateIndex = field(init=False)
     rejected: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)  # execution_failed attempts by the last restart's cause
     attempted: int = 0
 
     def __post_init__(self) -> None:
@@ -1335,9 +1346,11 @@ class Synthesizer:
                 run = execute(plan, cand, self.graph, rng, opts.repairs, keep_literals=restart == RESTARTS - 1,
                               swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=outcomes, views=self.views)
                 break
-            except StepFailed:
+            except StepFailed as exc:
+                failure = exc
                 continue
         else:
+            self.failures[failure.cause()] += 1
             return None, "execution_failed"
         cand["reference"] = run.reference
         if not any(run.reference):
@@ -1396,6 +1409,8 @@ class Synthesizer:
         feeds = sorted(self.graph.feeds.items(), key=lambda kv: (-kv[1], kv[0]))
         return {"requested": requested, "attempted": self.attempted, "accepted": accepted,
                 "rejected": {r: self.rejected.get(r, 0) for r in REASONS},
+                # why executions failed (tool: the simulator's message), most frequent first
+                "execution_failures": dict(sorted(self.failures.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
                 # the mined API graph: tools with observed calls, and the flow edges the
                 # seeds' plans used (producer -> consumer.argument), most used first
                 "api_graph": {"tools": len(self.graph.calls),
