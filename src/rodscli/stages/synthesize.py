@@ -311,9 +311,9 @@ def make_plan(seed: dict) -> Plan:
         for turn, calls in enumerate(seed["reference"]):
             offered = {tool_name(t) for t in offered_tools(seed, ep, turn)}
             for c in calls:
-                live = live_state(ep, None, states)
                 enums = _enum_args(index.get(c["name"], {}))
                 wanted = {v for v in c["arguments"].values() if isinstance(v, str) and nontrivial(v)}
+                live = live_state(ep, None, states) if wanted else None  # state sources are such strings
                 in_state = index_paths(live, wanted) if wanted else {}
                 sources: dict[str, Source] = {}
                 for arg, value in c["arguments"].items():
@@ -923,8 +923,10 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     ep: Episode = open_episode(task)
     states = g.states = ClassStates(ep, views)
     try:
+        turn, offered = -1, set()
         for step in plan.steps:
-            offered = plan.offered_at(task, ep, step.turn)
+            if step.turn != turn:
+                turn, offered = step.turn, plan.offered_at(task, ep, step.turn)
             owners = {s.path[0] for s in step.sources.values() if s.kind == "state"}
             last = "no attempt"
             alt = substitute(step, ep, offered, graph, avoid, rng) if step.index in leaves and rng.random() < swap else None
