@@ -268,6 +268,7 @@ class Step:
     arguments: dict
     sources: dict[str, Source]
     index: int = 0  # position in the plan (call order across turns)
+    order: list[str] | None = field(default=None, repr=False)  # grounding order (see Grounder.ground)
 
 
 @dataclass
@@ -600,9 +601,11 @@ class Grounder:
         paths: dict[str, tuple] = {}
         literal: dict[str, Any] = {}  # literal arguments still to draw: name -> the seed's value
         # anchors before the arguments linked to them
-        for arg in sorted(step.arguments, key=lambda a: step.sources[a].link is not None):
+        if step.order is None:
+            step.order = sorted(step.arguments, key=lambda a: step.sources[a].link is not None)
+        for arg in step.order:
             value, src = step.arguments[arg], step.sources[arg]
-            key = _memo_key(value)
+            key = _memo_key(value) if src.kind not in ("keep", "flow", "list") else None
             if src.kind == "keep":
                 chosen[arg] = value
             elif src.kind == "flow":
