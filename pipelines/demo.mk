@@ -5,22 +5,23 @@
 # Every setting can be overridden on the command line: make demo ITER=10 G=8.
 
 # tasks: the 480 built-in seeds; every 10th is kept out of training (48) and half of those
-# (every 20th: 24 tasks) are the held-out eval; SFT sees a third of the 432 training tasks
+# (every 20th: 24 tasks) are the held-out eval; SFT sees the 432 training tasks
 TRAIN_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 10 != 0'
 HELDOUT_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 20 == 0'
-SFT_TASKS_FILTER ?= awk 'NR % 3 == 0'
+SFT_TASKS_FILTER ?= cat
 
 # policy: the embedded tiny model (POLICY= a checkpoint directory to start from another)
 POLICY ?=
 BACKEND ?= hf
 SFT ?= on
-# two passes at a high learning rate: the tiny model learns the <tool_call> format
-# (measured: loss 2.64 after 2 passes at the default 5e-4; 0.86 after 2 more at 2e-3)
-SFT_ARGS ?= --epochs 2 --lr 2e-3
+# three passes (cosine schedule from 3e-3): measured on the 24 held-out tasks, the tiny policy
+# goes from no parseable call to valid calls (validity 0.46) with the right tool names
+# (name precision 0.69); copying argument values from the request is not learned yet
+SFT_ARGS ?= --epochs 3 --lr 3e-3
 
-# loop size: ITER iterations of BATCH tasks x G rollouts. The tiny tokenizer spends
-# ~1,700-1,900 tokens on the prompt (tool schemas included); reference episodes are
-# ~2,200-3,400 tokens, so MAX_TOKENS must stay well above 2,000
+# loop size: ITER iterations of BATCH tasks x G rollouts. The tiny policy's prompt is
+# ~600 tokens (one line per tool); reference episodes are ~700-1,500 tokens, so
+# MAX_TOKENS must stay well above 1,500
 ITER ?= 8
 BATCH ?= 8
 G ?= 4

@@ -28,8 +28,8 @@ from rodscli import records
 
 REPO = Path(__file__).resolve().parents[1]
 # tiny settings: a few tasks, short episodes; -o keeps make from reinstalling the venv
-# (the tiny policy's prompts, tool schemas included, are ~1,700-1,900 tokens: MAX_TOKENS leaves
-# room for a few short replies)
+# (the tiny policy's prompts, tool list included, are ~600 tokens: MAX_TOKENS leaves room for
+# several short replies)
 TINY = [
     "ITER=2", "BATCH=3", "G=4", "MAX_NEW_TOKENS=24", "MAX_TOKENS=2048", "TOP_M=2", "PER_SEED=1",
     "SFT_TASKS_FILTER=head -6", "HELDOUT_TASKS_CMD=$(RODS) tasks builtin --out - | awk 'NR % 240 == 0'",
