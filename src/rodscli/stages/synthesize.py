@@ -71,6 +71,7 @@ REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplic
 WRITERS = ("template", "llm")
 RESTARTS = 4  # executions of one attempt in the same world before it is given up
 MAX_PATHS = 12  # state paths remembered per argument value (the first ones in state order)
+OUTCOMES = 50_000  # remembered call outcomes (see execute) before they are forgotten
 VIEWS = 4096  # class states kept converted to JSON data (and their entity lists) in one run (see ClassStates.view)
 
 # ------------------------------------------------------------------------------- options
@@ -904,7 +905,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     call still fails after `repairs` re-groundings. A leaf step is done by another tool
     with probability `swap` (falling back to its own tool when that fails).
 
-    `outcomes` (kept by the caller across executions in one world) remembers the calls
+    `outcomes` (kept by the caller across executions) remembers the calls
     that failed, or changed state where the seed's did not, without changing the state:
     the same call on the same class state (every attribute, random generators included)
     gives the same outcome, so a repair that grounds it again is not run again. `views`
@@ -1314,6 +1315,7 @@ class Synthesizer:
         self.worlds = _world_pool(self.known)
         self.dups = DuplicateIndex()
         self.views: dict = {}  # class states met, converted to JSON data (see ClassStates.view)
+        self.outcomes: dict = {}  # calls known to fail (or be undone) on a class state (see execute)
         for t in self.known:
             self.dups.add(call_keys(t))
 
@@ -1345,11 +1347,12 @@ class Synthesizer:
         # customer who has a shipped order): start over in the same world a few times, the
         # last time with the seed's literal values (values that only work together, like
         # the zip codes of a known route, may come from different calls)
-        outcomes: dict = {}
+        if len(self.outcomes) >= OUTCOMES:
+            self.outcomes.clear()
         for restart in range(RESTARTS):  # noqa: B007 - recorded below
             try:
                 run = execute(plan, cand, self.graph, rng, opts.repairs, keep_literals=restart == RESTARTS - 1,
-                              swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=outcomes, views=self.views)
+                              swap=opts.swap if restart < RESTARTS - 1 else 0.0, outcomes=self.outcomes, views=self.views)
                 break
             except StepFailed as exc:
                 failure = exc
