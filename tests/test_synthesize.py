@@ -262,3 +262,41 @@ def test_llm_writer_with_the_tiny_policy(tmp_path):
         for ok, before, after in zip(flags, a["user_turns"], b["user_turns"], strict=True):
             assert after == before if not ok else critique(after, before, values)
     assert stats["rewritten_turns"] == sum(sum(c["synthesis"]["rewritten"]) for c in llm)
+
+
+def test_remembered_call_outcomes_replace_runs_exactly():
+    """execute() remembers each call's outcome and the state it left, by the call and its
+    class's state: executing again with the same choices runs no call and gives the same
+    calls, results, state changes and final state (the simulators are deterministic)."""
+    import random
+
+    from rodscli.stages.synthesize import ApiGraph, execute, make_plan
+
+    train = [orjson.loads(orjson.dumps(t)) for t in _bfcl_train()]
+    graph = ApiGraph.mine(train)
+    checked = 0
+    for seed in train[::40]:
+        plan = make_plan(seed)
+        task = {k: seed[k] for k in ("env", "domain", "skill", "env_config", "tools", "withheld", "initial_state")}
+        outcomes: dict = {}
+        runs = []
+        for _ in range(2):
+            try:
+                runs.append(execute(plan, task, graph, random.Random(7), 4, swap=0.3, outcomes=outcomes))
+            except Exception as exc:  # a failing plan fails the same way again
+                runs.append(type(exc).__name__ + str(exc))
+            if len(runs) == 1:
+                remembered = len(outcomes)
+                assert remembered > 0
+        assert len(outcomes) == remembered  # the second execution ran no call
+        first, second = runs
+        if isinstance(first, str):
+            assert first == second
+            continue
+        assert (first.reference, first.results, first.mutated, first.repairs) == \
+            (second.reference, second.results, second.mutated, second.repairs)
+        assert first.final.hash() == second.final.hash()
+        stored = {id(out.result) for out, _ in outcomes.values()}
+        assert all(id(r) in stored for r in second.results)  # the remembered results themselves
+        checked += 1
+    assert checked >= 5

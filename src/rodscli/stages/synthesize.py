@@ -71,7 +71,7 @@ REASONS = ("execution_failed", "replay_failed", "profile_mismatch", "near_duplic
 WRITERS = ("template", "llm")
 RESTARTS = 4  # executions of one attempt in the same world before it is given up
 MAX_PATHS = 12  # state paths remembered per argument value (the first ones in state order)
-OUTCOMES = 50_000  # remembered call outcomes (see execute) before they are forgotten
+OUTCOMES = 50_000  # call outcomes remembered in one run (see execute) before they are forgotten
 VIEWS = 4096  # class states kept converted to JSON data (and their entity lists) in one run (see ClassStates.view)
 
 # ------------------------------------------------------------------------------- options
@@ -905,11 +905,12 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
     call still fails after `repairs` re-groundings. A leaf step is done by another tool
     with probability `swap` (falling back to its own tool when that fails).
 
-    `outcomes` (kept by the caller across executions) remembers the calls
-    that failed, or changed state where the seed's did not, without changing the state:
-    the same call on the same class state (every attribute, random generators included)
-    gives the same outcome, so a repair that grounds it again is not run again. `views`
-    keeps class states converted for grounding across executions (see ClassStates.view)."""
+    `outcomes` (kept by the caller across executions) remembers each call's outcome and
+    the state it left, by the call and the state of its class before it: the simulators
+    are deterministic in their class state (every attribute, random generators included),
+    so a call met before (a repair that grounds it again, a restart or another attempt in
+    the same world) is not run again. `views` keeps class states converted for grounding
+    across executions (see ClassStates.view)."""
     g = Grounder(plan, graph, rng, keep_literals)
     reference: list[list[dict]] = [[] for _ in range(plan.n_turns)]
     results: list[str] = []
@@ -948,37 +949,39 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                         n_repairs += attempt > 0
                         continue
                 saved = states.before(used.name)
-                # (the key is made only when some outcome is known, or one is to be remembered)
-                key = _call_key(used.name, args) if saved is not None and outcomes else None
-                known = outcomes.get((key, saved[1])) if key is not None else None  # type: ignore[index]
-                if isinstance(known, str) or (known is not None and attempt < repairs and known != plan.mutated[step.index]):
-                    last = known if isinstance(known, str) else MISMATCH  # it would fail again, or be undone again
-                    n_repairs += 1
-                    alt = None
-                    continue
-                out = ep.call(used.name, args, offered)
-                after = states.after(saved[0]) if saved is not None else None
+                # the same call on the same class state (offered or not) gives the same outcome
+                # and leaves the same state: a call met before is not run again
+                key = None
+                if saved is not None:
+                    call = _call_key(used.name, args)
+                    key = (call, saved[1], used.name in offered) if call is not None else None
+                known = outcomes.get(key) if key is not None else None
+                if known is None:
+                    out = ep.call(used.name, args, offered)
+                    after = states.after(saved[0]) if saved is not None else None
+                    if key is not None and after is not None:
+                        outcomes[key] = (out, after)
+                else:
+                    out, after = known
                 changed = after is None or after != saved[1]  # type: ignore[index]
                 parsed = _parse(out.result or "") if out.ok else None
                 if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
                     # the seed's call changed state (or did not): so must this one, or Phi's
                     # state edges differ (adding a stock already on the watchlist changes nothing)
                     if after is None or attempt == repairs or changed == plan.mutated[step.index]:
+                        if known is not None and changed:
+                            states.restore(saved[0], after)  # type: ignore[index] - the state it leaves
                         break
-                    states.restore(saved[0], saved[1])  # type: ignore[index]
+                    if known is None:
+                        states.restore(saved[0], saved[1])  # type: ignore[index] - undone
                     last = MISMATCH
-                    key = key or _call_key(used.name, args)
-                    if key is not None:
-                        outcomes[(key, saved[1])] = changed  # type: ignore[index]
                     n_repairs += 1
                     alt = None
                     continue
                 # BFCL's simulators report refusals as {"error": ...} results: a failed call too
                 last = out.result or out.error or "error"
-                if saved is not None and not changed:
-                    key = key or _call_key(used.name, args)
-                    if key is not None:
-                        outcomes[(key, saved[1])] = last
+                if known is not None and changed:
+                    states.restore(saved[0], after)  # type: ignore[index] - the state it leaves
                 dirty = dirty or changed
                 n_repairs += 1
                 alt = None
@@ -1315,7 +1318,7 @@ class Synthesizer:
         self.worlds = _world_pool(self.known)
         self.dups = DuplicateIndex()
         self.views: dict = {}  # class states met, converted to JSON data (see ClassStates.view)
-        self.outcomes: dict = {}  # calls known to fail (or be undone) on a class state (see execute)
+        self.outcomes: dict = {}  # (call, class state) -> the call's outcome and the state it left (see execute)
         for t in self.known:
             self.dups.add(call_keys(t))
 
