@@ -187,6 +187,13 @@ class _ResultIndex:
 
 def topology_signature(n: int, edges: list[tuple[int, int, str]]) -> tuple[str, list[str]]:
     """Weisfeiler-Lehman hash of the DAG (names abstracted): equal for isomorphic shapes."""
+    whole, labels = _topology_signature(n, tuple(tuple(e) for e in edges))
+    return whole, list(labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _topology_signature(n: int, edges: tuple[tuple[int, int, str], ...]) -> tuple[str, tuple[str, ...]]:
+    # the same shapes recur (every variant of a seed has its shape): hashed once each
     ins: list[list[tuple[str, int]]] = [[] for _ in range(n)]
     outs: list[list[tuple[str, int]]] = [[] for _ in range(n)]
     for i, j, kind in edges:
@@ -201,7 +208,7 @@ def topology_signature(n: int, edges: list[tuple[int, int, str]]) -> tuple[str, 
         labels = new
     ordered = sorted(labels)
     whole = hashlib.blake2b(("|".join(ordered) + f"#{n}").encode(), digest_size=8).hexdigest()
-    return whole, ordered
+    return whole, tuple(ordered)
 
 
 def longest_path(n: int, edges: list[tuple[int, int, str]]) -> int:
