@@ -296,7 +296,7 @@ def test_remembered_call_outcomes_replace_runs_exactly():
         assert (first.reference, first.results, first.mutated, first.repairs) == \
             (second.reference, second.results, second.mutated, second.repairs)
         assert first.final.hash() == second.final.hash()
-        stored = {id(out.result) for out, _ in outcomes.values()}
+        stored = {id(out.result) for out, _, _ in outcomes.values()}
         assert all(id(r) in stored for r in second.results)  # the remembered results themselves
         checked += 1
     assert checked >= 5

@@ -42,6 +42,7 @@ against a known task or an accepted candidate (`near_duplicate`), no call at all
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import pickle
@@ -678,9 +679,9 @@ class Grounder:
         try:
             if not src.is_key:
                 value = follow(node, src.path)
-                if src.cast == "str" and not isinstance(value, dict | list):
-                    return value_key(value)
-                return value
+                if isinstance(value, dict | list):
+                    return copy.deepcopy(value)  # results are shared (see execute): never handed out
+                return value_key(value) if src.cast == "str" else value
             parent = follow(node, src.path[:-1])
         except KeyError:
             raise StepFailed(f"{step.name}.{arg}: the result of call {src.call} has no {list(src.path)}") from None
@@ -959,12 +960,12 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
                 if known is None:
                     out = ep.call(used.name, args, offered)
                     after = states.after(saved[0]) if saved is not None else None
+                    parsed = _parse(out.result or "") if out.ok else None  # read only from here on
                     if key is not None and after is not None:
-                        outcomes[key] = (out, after)
+                        outcomes[key] = (out, after, parsed)
                 else:
-                    out, after = known
+                    out, after, parsed = known
                 changed = after is None or after != saved[1]  # type: ignore[index]
-                parsed = _parse(out.result or "") if out.ok else None
                 if out.ok and not (isinstance(parsed, dict) and "error" in parsed):
                     # the seed's call changed state (or did not): so must this one, or Phi's
                     # state edges differ (adding a stock already on the watchlist changes nothing)
