@@ -423,3 +423,20 @@ def test_two_gloo_processes_give_the_single_process_update(policy, tmp_path):
     sb = torch.load(tmp_path / "one2" / T.OPTIMIZER_FILE, weights_only=True)["state"]
     for i in sa:
         torch.testing.assert_close(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+
+
+def test_sft_on_every_token_through_the_cli(tiny_policy, tmp_path):
+    from rodscli.envs.builtin import seed_tasks
+
+    tasks = tmp_path / "tasks.jsonl"
+    records.write_records(str(tasks), seed_tasks()[:2], "task")
+    base = ["train-step", "--mode", "sft", "--policy", str(tiny_policy), "--tasks", str(tasks), "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "model"), "--schedule", "constant"]) == 0
+    assert main([*base, "--out", str(tmp_path / "all"), "--sft-tokens", "all", "--warmup", "0.5"]) == 0
+    model, every = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("model", "all"))
+    assert model["extra"]["schedule"] == "constant" and model["extra"]["sft_tokens"] == "model"
+    assert every["extra"]["schedule"] == "cosine" and every["extra"]["sft_tokens"] == "all"
+    assert model["tokens"] == every["tokens"]  # the same two conversations
+    assert every["model_tokens"] == every["tokens"] - 2 > 5 * model["model_tokens"]  # all but each first token
+    assert main([*base, "--out", str(tmp_path / "bad"), "--sft-tokens", "prompt"]) == 2
+    assert not (tmp_path / "bad").exists()

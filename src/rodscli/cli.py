@@ -507,6 +507,9 @@ def train_step(
     mini_batches: int = _train_opt("mini_batches", "--mini-batches"),
     epochs: int = _train_opt("epochs", "--epochs"),
     batch_tokens: int = _train_opt("batch_tokens", "--batch-tokens"),
+    sft_tokens: str = _train_opt("sft_tokens", "--sft-tokens"),
+    schedule: str | None = _train_opt("schedule", "--schedule"),
+    warmup: float = _train_opt("warmup", "--warmup"),
     temperature: float = _train_opt("temperature", "--temperature"),
     lora_r: int = _train_opt("lora_r", "--lora-r"),
     lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
@@ -521,7 +524,7 @@ def train_step(
         eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, ref_policy=ref_policy, loss_agg=loss_agg,
         dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
         ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
-        temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
+        sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
     )
     opts.check()
     if mode == "sft":

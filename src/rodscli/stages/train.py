@@ -81,6 +81,7 @@ class TrainOptions:
     mini_batches: int = option(1, help="Optimizer steps per pass over the batch (grpo).")
     epochs: int = option(2, help="Passes over the reference solutions (sft).")
     batch_tokens: int = option(4096, help="Tokens per optimizer step (sft; about two built-in task solutions).")
+    sft_tokens: str = option("model", help="Tokens SFT learns to predict: model (the assistant's replies, as GRPO) or all (every token of the conversation: the prompt, user turns and tool results too; far more signal for a small model to learn copying values from its context).")
     schedule: str | None = option(None, help="Learning-rate schedule over this run's optimizer steps: constant, or cosine (linear warm-up over --warmup of the steps, then cosine decay to 10% of --lr). Default: cosine for sft, constant for grpo (one update per loop iteration).")
     warmup: float = option(0.05, help="Fraction of the optimizer steps spent warming the learning rate up linearly (cosine schedule).")
     temperature: float = option(1.0, help="Sampling temperature of the rollouts: logits are divided by it so ratios compare like with like.")
@@ -97,7 +98,8 @@ class TrainOptions:
         return 3e-3 if _policy_kind(policy) == "rods-tiny" else 1e-5
 
     def check(self) -> None:
-        choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES}
+        choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES,
+                   "sft_tokens": ("model", "all")}
         for name, allowed in choices.items():
             if getattr(self, name) not in (*allowed, None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -476,7 +478,8 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         "model_tokens": sum(m["model_tokens"] for m in per_step), "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
         "time_s": elapsed,
         "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": accelerator.num_processes,
-                  "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
+                  "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs,
+                  "sft_tokens": cfg.sft_tokens if cfg.mode == "sft" else None, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
     }
     if accelerator.is_main_process:
         write_checkpoint(out, policy, model, None if cfg.lora_r > 0 else optimizer, state, metrics, provenance_info, validate)
@@ -546,6 +549,8 @@ def sft(policy: str | Path, rendered: list[dict], out: str | Path, cfg: TrainOpt
     cfg.check()
     policy, out = Path(policy), Path(out)
     _check_policy(policy)
+    if cfg.sft_tokens == "all":
+        rendered = [{**r, "loss_mask": [1] * len(r["token_ids"])} for r in rendered]
     seqs = sequences_from_rendered(rendered)
     if not seqs:
         raise InputError("no reference solution with model tokens to train on")
