@@ -443,16 +443,16 @@ class BFCLEnvironment(Environment):
             if stable:
                 loaded[name] = blob
         key = tuple(classes)
-        episode = BFCLEpisode(instances, tools_for(classes))
-        episode.initial_states = loaded
         known = _EPISODE_TOOLS.get(key)
-        if known is None:  # the tool index and compiled checks of this class combination, once
-            known = _EPISODE_TOOLS[key] = (episode.tool_index(), episode.argument_checks())
-        episode._tool_index, episode._argument_checks = known  # read only, shared
+        episode = BFCLEpisode(instances, known[0] if known is not None else tools_for(classes))
+        episode.initial_states = loaded
+        if known is None:  # the tools, tool index and compiled checks of this class combination, once
+            known = _EPISODE_TOOLS[key] = (tuple(episode.tools()), episode.tool_index(), episode.argument_checks())
+        episode._tool_index, episode._argument_checks = known[1], known[2]  # read only, shared
         return episode
 
 
-_EPISODE_TOOLS: dict[tuple[str, ...], tuple[dict, dict]] = {}
+_EPISODE_TOOLS: dict[tuple[str, ...], tuple[tuple[dict, ...], dict, dict]] = {}
 
 
 class TrackedRandom(random.Random):
