@@ -36,7 +36,13 @@ Filters, each a rejection reason counted per attempt: the execution failed
 state (`replay_failed`), profile distance to the seed above tolerance
 (`profile_mismatch`), Jaccard similarity of call sequences (name and arguments) >= 0.7
 against a known task or an accepted candidate (`near_duplicate`), no call at all
-(`trivial`). Deterministic in the seed.
+(`trivial`); the cheap ones run first, the replay last. Deterministic in the seed.
+
+Speed (the same candidates as running everything): each class's state is tracked as its
+pickled bytes (`ClassStates`: one dump per call tells whether it changed state and undoes
+it), a call met again on the same class state (a repair, a restart, another attempt in
+the same world) restores the state it left instead of running (`execute`'s `outcomes`),
+and class states are converted to JSON for grounding once per distinct state.
 """
 
 from __future__ import annotations
