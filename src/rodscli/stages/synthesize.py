@@ -803,6 +803,7 @@ class ClassStates:
         self.ep = ep
         self.instances = getattr(ep, "instances", None) or {}
         self.views = {} if views is None else views  # (class, state bytes) -> its public state as JSON data
+        self.owners: dict[str, str] = {}  # tool -> the class it runs on
         self.json = _family(ep) == "builtin"  # a built-in simulator's state is JSON data
         # a fresh BFCL episode knows the bytes it was unpickled from
         loaded = getattr(ep, "initial_states", None) if not self.json else None
@@ -810,9 +811,11 @@ class ClassStates:
 
     def before(self, name: str) -> tuple[str, bytes] | None:
         """The class `name` runs on and its state now, or None (no class, or unpicklable)."""
-        from rodscli.profile import call_owner
+        owner = self.owners.get(name)
+        if owner is None:
+            from rodscli.profile import call_owner
 
-        owner = call_owner(self.ep, name)
+            owner = self.owners[name] = call_owner(self.ep, name)
         if owner not in self.instances:
             self.blobs.clear()  # a call outside the classes: any of them may change
             return None
