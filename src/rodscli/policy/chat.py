@@ -15,8 +15,8 @@ not depend on the content of earlier messages (ChatML, Qwen2.5/3, Hermes, Llama 
 
 Tools revealed at a later turn (miss_func tasks) are announced in a system message inserted
 before that user turn, listing the new signatures exactly as the template lists tools in
-its system prompt (the lines of its `<tools>` block); templates that reject a system message there get the announcement prepended
-to the user message instead.
+its system prompt (the lines of its `<tools>` block); templates that reject a system
+message there get the announcement prepended to the user message instead.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from rodscli.config import option
 from rodscli.errors import OptionError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+INFO_FILE = "rods_policy.json"  # what init-policy made: kind, seed, size
+KIND = "rods-tiny"
 
 
 @dataclass
@@ -33,6 +35,17 @@ class InitPolicyOptions:
     heads: int = option(4, help="Attention heads (2 key/value heads: grouped-query attention as in Qwen).")
     intermediate_size: int = option(512, help="MLP width.")
     max_positions: int = option(8192, help="Longest sequence the model accepts (rotary positions).")
+
+
+def policy_kind(policy: str | Path | None) -> str | None:
+    """`kind` of a checkpoint's INFO_FILE (KIND for one made by init-policy), None without one."""
+    path = Path(policy) / INFO_FILE if policy is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("kind")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _tokenizer_from_texts(texts: list[str], vocab_size: int, template: str):
@@ -103,9 +116,9 @@ def init_policy(out: str | Path, opts: InitPolicyOptions | None = None, seed: in
     model.save_pretrained(out)
     tok.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    info = {"kind": "rods-tiny", "seed": seed, "n_params": n_params, "vocab_size": len(tok),
+    info = {"kind": KIND, "seed": seed, "n_params": n_params, "vocab_size": len(tok),
             "n_tasks": len(tasks), "corpus_sha": hashlib.sha256("".join(t["id"] for t in tasks).encode()).hexdigest()[:16]}
-    (out / "rods_policy.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     info["seconds"] = round(time.perf_counter() - started, 2)
     info["out"] = str(out)
     return info

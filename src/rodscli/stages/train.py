@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from rodscli import console, records
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.policy import tiny
 
 if TYPE_CHECKING:
     import torch
@@ -95,13 +96,13 @@ class TrainOptions:
         if self.mode == "grpo":
             return 1e-6
         # SFT from random weights (rods init-policy) needs a large step; a pretrained LM a small one
-        return 3e-3 if _policy_kind(policy) == "rods-tiny" else 1e-5
+        return 3e-3 if tiny.policy_kind(policy) == tiny.KIND else 1e-5
 
     def check(self) -> None:
         choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES,
                    "sft_tokens": ("model", "all")}
         for name, allowed in choices.items():
-            if getattr(self, name) not in (*allowed, None):
+            if getattr(self, name) not in allowed and not (name == "schedule" and self.schedule is None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("micro_batch_tokens", "ppo_epochs", "mini_batches", "epochs", "batch_tokens"):
             if getattr(self, name) < 1:
@@ -323,17 +324,6 @@ def accumulate(module, ref_module, step_seqs: list[Sequence], cfg: TrainOptions,
 # checkpoints
 
 
-def _policy_kind(policy: str | Path | None) -> str | None:
-    """`kind` of the policy's rods_policy.json (written by rods init-policy), if any."""
-    path = Path(policy) / "rods_policy.json" if policy is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("kind")
-    except (ValueError, AttributeError):
-        return None
-
-
 def read_state(policy: str | Path) -> dict:
     path = Path(policy) / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else {"step": 0}
@@ -447,9 +437,9 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
 
     per_step, grad_norms, lrs = [], [], []
     for i, step_seqs in enumerate(console.progress(steps, f"{cfg.mode} optimizer steps") if accelerator.is_main_process else steps):
+        lrs.append(lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup))
         for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup)
-        lrs.append(optimizer.param_groups[0]["lr"])
+            group["lr"] = lrs[-1]
         optimizer.zero_grad(set_to_none=True)
         per_step.append(accumulate(module, ref_module, step_seqs, cfg, accelerator))
         # global gradient norm before clipping (clip_grad_norm_ with inf max still measures it)
