@@ -69,21 +69,17 @@ def python_group_by(rows: list[dict], cfg: DetectConfig) -> dict[str, dict]:
     return out
 
 
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    """Best wall time of `repeat` runs after one untimed warm-up run (allocator and lazy
-    initialization, for the baseline and the detector alike) and the last result; CPU
-    seconds (all threads) go to CPU."""
+def best_of(fn, repeat: int) -> tuple[float, float, object]:
+    """Best wall time and best CPU seconds (all threads) of `repeat` runs after one untimed
+    warm-up run (allocator and lazy initialization, for the baseline and the detector
+    alike), and the last result. On a shared machine the CPU ratio is the steadier one."""
     times, cpus, result = [], [], fn()
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    CPU[fn] = min(cpus)
-    return min(times), result
-
-
-CPU: dict = {}  # fn -> best CPU seconds: on a shared machine the CPU ratio is the steadier one
+    return min(times), min(cpus), result
 
 
 def bench_detect(n_rows: int, group: int, repeat: int) -> None:
@@ -91,10 +87,9 @@ def bench_detect(n_rows: int, group: int, repeat: int) -> None:
     frame = pl.DataFrame(cols)
     rows = frame.to_dicts()
     cfg = DetectConfig()
-    baseline, frame_only = (lambda: python_group_by(rows, cfg)), (lambda: detect_frame(frame, cfg))
-    t_python, base = best_of(baseline, repeat)
-    t_frame, table = best_of(frame_only, repeat)
-    t_dicts, groups = best_of(lambda: detect(frame, cfg), repeat)
+    t_python, c_python, base = best_of(lambda: python_group_by(rows, cfg), repeat)
+    t_frame, c_frame, table = best_of(lambda: detect_frame(frame, cfg), repeat)
+    t_dicts, _, groups = best_of(lambda: detect(frame, cfg), repeat)
     # the two agree (or the ratio means nothing)
     assert len(groups) == len(base) == table.height == n_rows // group
     for g in groups[:: max(1, len(groups) // 997)]:
@@ -105,7 +100,7 @@ def bench_detect(n_rows: int, group: int, repeat: int) -> None:
         path = Path(d) / "scored.parquet"
         # a scored file also carries the token arrays; the scan must not read them
         frame.with_columns(pl.lit(list(range(64))).alias("token_ids")).write_parquet(path)
-        t_file, from_file = best_of(lambda: detect_frame(scan_scored(str(path)), cfg), repeat)
+        t_file, _, from_file = best_of(lambda: detect_frame(scan_scored(str(path)), cfg), repeat)
         assert from_file.height == table.height
     zones = {z: sum(g["zone"] == z for g in groups) for z in ("hard", "boundary", "mastered")}
     print(f"detect: {n_rows:,} scored rows, {len(groups):,} tasks of {group} ({zones}), best of {repeat}")
@@ -113,8 +108,7 @@ def bench_detect(n_rows: int, group: int, repeat: int) -> None:
     print(f"  detect_frame (rows in memory)              {t_frame:7.3f} s   {t_python / t_frame:6.1f}x the baseline")
     print(f"  detect_frame (scan_scored of a Parquet)    {t_file:7.3f} s   {t_python / t_file:6.1f}x the baseline")
     print(f"  detect -> {len(groups):,} group dicts (rows in memory) {t_dicts:7.3f} s   {t_python / t_dicts:6.1f}x the baseline")
-    cpu_ratio = CPU[baseline] / CPU[frame_only]
-    print(f"  CPU seconds (all threads): baseline {CPU[baseline]:.3f}, detect_frame {CPU[frame_only]:.3f}: {cpu_ratio:.1f}x")
+    print(f"  CPU seconds (all threads): baseline {c_python:.3f}, detect_frame {c_frame:.3f}: {c_python / c_frame:.1f}x")
     ok = max(t_frame, t_file) < 5.0 and t_python / t_frame >= 20
     print(f"  target (< 5 s and >= 20x): {'met' if ok else 'NOT met'}")
 

@@ -20,6 +20,7 @@ batched kernels), and a fixed seed gives identical rollouts on CPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
+@functools.cache
 def _growing_layer_class() -> type:
     """A transformers DynamicLayer that writes new KV into spare room at the end of its
     tensors instead of concatenating: one copy per new token, not one of the whole cache."""
@@ -182,9 +184,10 @@ class HFBackend(Backend):
             if kept is not None and n == len(want):
                 out[i] = kept.crop(n)
                 continue
-            jobs.setdefault(tuple(want), []).append(i)
+            key = tuple(want)
+            jobs.setdefault(key, []).append(i)
             if kept is not None:
-                own[tuple(want)] = (n, kept)
+                own[key] = (n, kept)
         computed: list[_Prefix] = []
         while jobs:
             pool = list(self._kept.values()) + computed
@@ -192,8 +195,9 @@ class HFBackend(Backend):
             for want in jobs:
                 n, best = own.get(want, (0, None))
                 if 2 * n < len(want):  # its own history covers little: look at every kept cache
+                    as_list = list(want)
                     for p in pool:
-                        m = _common_prefix(p.ids, list(want))
+                        m = _common_prefix(p.ids, as_list)
                         if m > n:
                             n, best = m, p
                 starts[want] = best.crop(n) if n else _Prefix([], [])
@@ -235,7 +239,7 @@ class HFBackend(Backend):
         with torch.inference_mode():
             self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return [self._row(cache, b, P - len(p.ids), len(w), w) for b, (p, w) in enumerate(zip(starts, wants, strict=True))]
+        return [self._row(cache, b, P - len(p.ids), w) for b, (p, w) in enumerate(zip(starts, wants, strict=True))]
 
     def _batch_cache(self, prefixes: list[_Prefix], width: int) -> Any:
         """A DynamicCache holding each prefix's KV right-aligned in `width` columns."""
@@ -256,19 +260,17 @@ class HFBackend(Backend):
         return self._growing(DynamicCache(ddp_cache_data=layers, config=self.model.config))
 
     def _growing(self, cache: Any) -> Any:
-        if not hasattr(self, "_layer_class"):
-            self._layer_class = _growing_layer_class()
         for layer in cache.layers:
             if type(layer).__name__ == "DynamicLayer":
-                layer.__class__ = self._layer_class
+                layer.__class__ = _growing_layer_class()
         return cache
 
     @staticmethod
-    def _row(cache: Any, b: int, first: int, length: int, ids: list[int]) -> _Prefix:
-        """Row b's KV from column `first`, `length` columns, copied out of the batch."""
-        kv = [(layer.keys[b, :, first:first + length].clone(), layer.values[b, :, first:first + length].clone())
-              for layer in cache.layers]
-        return _Prefix(list(ids[:length]), kv)
+    def _row(cache: Any, b: int, first: int, ids: list[int]) -> _Prefix:
+        """Row b's KV of `ids` (from column `first`), copied out of the batch."""
+        end = first + len(ids)
+        kv = [(layer.keys[b, :, first:end].clone(), layer.values[b, :, first:end].clone()) for layer in cache.layers]
+        return _Prefix(list(ids), kv)
 
     # -- phase 2: sampling -------------------------------------------------------------
 
@@ -301,7 +303,7 @@ class HFBackend(Backend):
             r = requests[i]
             if r.key is not None:
                 ids = r.prompt_ids + out_ids[i][:fed[i]]
-                self._kept[r.key] = self._row(cache, b, P - len(prefixes[i].ids), len(ids), ids)
+                self._kept[r.key] = self._row(cache, b, P - len(prefixes[i].ids), ids)
 
         with torch.inference_mode():
             while True:

@@ -756,7 +756,7 @@ class FinalState:
         states = ClassStates(ep, views)
         if self.blobs is not None and {name: states.blob(name) for name in states.instances} == self.blobs:
             return True
-        return state_hash(live_state(ep, None, states)) == self.hash()
+        return _final_hash(ep, states) == self.hash()
 
 
 @dataclass
@@ -834,14 +834,13 @@ class ClassStates:
         """A BFCL class's public state as JSON data (read-only: shared by equal states)."""
         from rodscli.envs.bfcl import _state
 
-        obj = self.instances[owner]
         blob = self.blob(owner)
-        if blob is None:
-            return _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
-        key = (owner, blob)
-        view = self.views.get(key)
+        key = (owner, blob) if blob is not None else None
+        view = self.views.get(key) if key else None
         if view is None:
-            view = self.keep(key, _state({k: v for k, v in vars(obj).items() if not k.startswith("_")}))
+            view = _state({k: v for k, v in vars(self.instances[owner]).items() if not k.startswith("_")})
+            if key:
+                self.keep(key, view)
         return view
 
     def keep(self, key: tuple, value: Any) -> Any:
@@ -1010,7 +1009,7 @@ def execute(plan: Plan, task: dict, graph: ApiGraph, rng: random.Random, repairs
             if used is not step:
                 kinds["swapped"] += 1
         if _family(ep) == "other":  # its state may not outlive the episode
-            digest = state_hash(live_state(ep, None, states))
+            digest = _final_hash(ep, states)
             final = FinalState(None, lambda: digest)
         else:  # the simulators stay readable after close
             blobs = {name: states.blob(name) for name in states.instances}
@@ -1326,6 +1325,8 @@ class Synthesizer:
             raise OptionError("need 0 <= --tolerance <= 1 and 0 < --max-jaccard <= 1", field="--tolerance")
         if self.opts.per_seed < 0 or self.opts.attempts < 1 or self.opts.repairs < 0:
             raise OptionError("need --per-seed >= 0, --attempts >= 1, --repairs >= 0", field="--per-seed")
+        if self.opts.writer == "llm" and not self.opts.policy:
+            raise OptionError("the llm writer needs --policy (a checkpoint to rewrite the user turns with)", field="--policy")
         self.graph = ApiGraph.mine(self.known)
         self.worlds = _world_pool(self.known)
         self.dups = DuplicateIndex()
@@ -1384,11 +1385,15 @@ class Synthesizer:
         similarity = self.dups.max_jaccard(keys)
         if similarity >= opts.max_jaccard:
             return None, "near_duplicate"
+        def phi(trace: CallTrace) -> tuple[dict, float, bool]:  # Phi(candidate), its distance to the seed's, a match?
+            profile = compute_profile(cand, trace)
+            distance = profile_distance(profile, plan.profile)
+            return profile, distance, not profile["ref_errors"] and distance <= opts.tolerance
+
         known = run.call_trace()
         if known is not None:
-            profile = compute_profile(cand, known)
-            distance = profile_distance(profile, plan.profile)
-            if profile["ref_errors"] or distance > opts.tolerance:
+            profile, distance, match = phi(known)
+            if not match:
                 return None, "profile_mismatch"
         # a failed call that changed state in the generating episode (a repair) leaves state
         # no replay sees: then the results must agree, the final state is the replay's
@@ -1396,9 +1401,8 @@ class Synthesizer:
         if not ok:
             return None, "replay_failed"
         if known is None:
-            profile = compute_profile(cand, trace)
-            distance = profile_distance(profile, plan.profile)
-            if profile["ref_errors"] or distance > opts.tolerance:
+            profile, distance, match = phi(trace)
+            if not match:
                 return None, "profile_mismatch"
         user_turns = write_turns(plan, run, rng)
         self.dups.add(keys)
@@ -1458,8 +1462,6 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
                progress: Callable[[list, str], Iterable] | None = None) -> tuple[list[dict], dict]:
     """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason)."""
     synth = Synthesizer(opts, known)
-    if opts.writer == "llm" and not opts.policy:
-        raise OptionError("the llm writer needs --policy (a checkpoint to rewrite the user turns with)", field="--policy")
     out: list[dict] = []
     with _long_lived_frozen():
         for seed in (progress(seeds, "synthesize") if progress and opts.per_seed else seeds):
