@@ -240,3 +240,46 @@ def test_constant_groups_have_exactly_zero_variance(value):
         for g in detect(data):
             assert (g["mean"], g["var"], g["informative"]) == (value, 0.0, False), (g["task_id"], g["n"])
             assert g["phi"] == 4 * value * (1 - value)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_agrees_with_a_plain_reading_of_the_rule(seed):
+    """The selection sorts only the candidates that can be picked (the M best and each
+    skill's quota best, with ties); a plain loop over every candidate must pick the same
+    groups in the same order, on data full of ties, for any M, quota and refill."""
+    import math
+    import random
+
+    from rodscli.stages.detect import select_boundary
+
+    rng = random.Random(seed)
+    n = rng.choice([0, 1, 7, 60, 400])
+    skills = rng.sample(["base", "miss_func", "miss_param", "long_context"], rng.randint(1, 4))
+    groups = pl.DataFrame({
+        "task_id": [f"t{i:04d}" for i in range(n)],
+        "skill": rng.choices(skills, weights=[4 ** k for k in range(len(skills))], k=n),  # some skills rare
+        # means in steps of 1/40 (or 1/4: ties everywhere); 0.4/0.6 give phi equal up to rounding
+        "phi": [4 * m * (1 - m) for m in (rng.randint(0, steps) / steps for steps in [rng.choice([4, 40])] * n)],
+        "zone": [rng.choice(["hard", "boundary", "boundary", "mastered"]) for _ in range(n)],
+    }, schema={"task_id": pl.String, "skill": pl.String, "phi": pl.Float64, "zone": pl.String})
+    rows = groups.to_dicts()
+    for _ in range(8):
+        top_m, quota, refill = rng.randint(0, 40), rng.choice([None, 0, 1, 3, 10]), rng.random() < 0.5
+        out = select_boundary(groups, DetectConfig(top_m=top_m, quota_per_skill=quota, refill=refill))
+        # the rule, read plainly: candidates by (phi desc, row order); quota pass; refill pass
+        cands = sorted((i for i, g in enumerate(rows) if g["zone"] == "boundary"), key=lambda i: -round(rows[i]["phi"], 12))
+        n_skills = len({rows[i]["skill"] for i in cands})
+        q = quota if quota is not None else (math.ceil(top_m / n_skills) if n_skills else 0)
+        taken, per_skill = set(), dict.fromkeys(skills, 0)
+        for i in cands:
+            if len(taken) < top_m and per_skill[rows[i]["skill"]] < q:
+                taken.add(i)
+                per_skill[rows[i]["skill"]] += 1
+        for i in cands:
+            if refill and len(taken) < top_m and i not in taken:
+                taken.add(i)
+        expected = [i for i in cands if i in taken]
+        got = sorted(out.filter(pl.col("selected")).with_row_index("i").rows(named=True), key=lambda g: g["rank"])
+        assert [int(g["task_id"][1:]) for g in got] == expected, (top_m, quota, refill)
+        assert [g["rank"] for g in got] == list(range(len(expected)))
+        assert out["rank"].null_count() == n - len(expected)

@@ -246,6 +246,15 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
     )
 
 
+def _best(values: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the values at least as large as the k-th largest: the k best and all their ties."""
+    if k >= len(values):
+        return np.ones(len(values), dtype=bool)
+    if k <= 0:
+        return np.zeros(len(values), dtype=bool)
+    return values >= np.partition(values, len(values) - k)[len(values) - k]
+
+
 def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     """Add `selected` and `rank`: the top-M boundary groups by phi under a per-skill quota.
 
@@ -253,20 +262,26 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     takes each candidate whose skill is under its quota until M are taken; with refill, a
     second pass gives the slots left to the next candidates in the same order. `rank` is the
     position among the selected in that order (0 = highest phi).
+
+    Only the M best candidates and each skill's `quota` best can be taken (a pick of the
+    first pass is among its skill's best; a refill pick comes before the M-th candidate), so
+    only those, with their ties, are sorted. They keep the full order's first M positions and
+    each skill's first `quota`, so both passes pick from them what they would from all.
     """
-    candidates = (
-        groups.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "zone",
-                      pl.col("skill").cast(pl.Categorical).to_physical().alias("_skill"),
-                      pl.col("phi").round(_PHI_DIGITS).alias("_phi"))  # only what the selection reads
-        .filter(pl.col("zone") == "boundary")
-    )
-    # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
-    by_phi = np.argsort(-candidates["_phi"].to_numpy(), kind="stable")
-    rows, skills = candidates["_row"].to_numpy()[by_phi], candidates["_skill"].to_numpy().astype(np.int64)[by_phi]
+    boundary = np.flatnonzero((groups["zone"] == "boundary").to_numpy())
+    phi = groups["phi"].gather(boundary).round(_PHI_DIGITS).to_numpy()
+    skills = groups["skill"].gather(boundary).cast(pl.Categorical).to_physical().to_numpy()
+    by_skill = np.argsort(skills, kind="stable")  # a radix sort of small integer codes
+    segments = np.split(by_skill, np.flatnonzero(np.diff(skills[by_skill])) + 1) if len(skills) else []
     quota = cfg.quota_per_skill
     if quota is None:
-        n_skills = len(np.unique(skills))
-        quota = math.ceil(cfg.top_m / n_skills) if n_skills else 0
+        quota = math.ceil(cfg.top_m / len(segments)) if segments else 0
+    keep = _best(phi, cfg.top_m)
+    for mine in segments:
+        keep[mine[_best(phi[mine], quota)]] = True
+    # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
+    by_phi = np.argsort(-phi[keep], kind="stable")
+    rows, skills = boundary[keep][by_phi], skills[keep][by_phi].astype(np.int64)
     # first pass: the k-th candidate of a skill (in order) is under quota iff k < quota
     by_skill = np.argsort(skills, kind="stable")
     firsts = np.flatnonzero(np.diff(skills[by_skill], prepend=-1))  # where each skill's candidates start
