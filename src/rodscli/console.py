@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -18,6 +19,9 @@ from rich.progress import (
 T = TypeVar("T")
 
 console = Console(stderr=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # a log file or a pipe has no width: rich would assume 80 columns and cut numbers in tables
+    console.width = 160
 # set by the CLI's global options: 0 quiet, 1 normal, 2 verbose
 VERBOSITY = 1
 
