@@ -328,6 +328,9 @@ def test_sft_raises_the_likelihood_of_reference_tokens(policy, tmp_path):
     before = sum(completion_logprob(policy, r) for r in rendered)
     metrics = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=5, lr=1e-2, batch_tokens=40), seed=0)
     assert metrics["mode"] == "sft" and metrics["step"] >= 5 and metrics["clip_frac_low"] is None
+    losses = metrics["extra"]["losses"]  # one per optimizer step: the learning curve
+    assert len(losses) == metrics["extra"]["optimizer_steps"] and metrics["loss"] == pytest.approx(sum(losses) / len(losses))
+    assert sum(losses[-3:]) < sum(losses[:3])
     after = sum(completion_logprob(tmp_path / "sft", r) for r in rendered)
     assert after > before + 1.0
 

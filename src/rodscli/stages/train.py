@@ -469,6 +469,7 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         "time_s": elapsed,
         "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": accelerator.num_processes,
                   "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs,
+                  "losses": [m["loss"] for m in per_step],
                   "sft_tokens": cfg.sft_tokens if cfg.mode == "sft" else None, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
     }
     if accelerator.is_main_process:
