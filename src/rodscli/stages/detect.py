@@ -223,26 +223,21 @@ def group_stats(lf: pl.LazyFrame, cfg: DetectConfig) -> pl.DataFrame:
         stats = _hashed_stats(df.lazy(), cfg.by, other)
     if not (cfg.by == "task_id" and stats["task_id"].is_sorted()):  # rollouts usually come in task order
         stats = stats.sort("task_id", "group_id", nulls_last=True)
-    mean = pl.col("mean").clip(0.0, 1.0)
-    constant = pl.col("min") == pl.col("max")
-    return (
-        stats.lazy()
-        # a constant group has mean = its value and variance 0 exactly (summation rounding
-        # would leave ~1e-33 and call a zero-gradient group informative)
-        .with_columns(
-            pl.when(constant).then(pl.col("min")).otherwise(pl.col("mean")).alias("mean"),
-            pl.when(constant).then(0.0).otherwise(pl.col("var").clip(lower_bound=0.0)).alias("var"),
-        )
-        .with_columns(
-            (4.0 * mean * (1.0 - mean)).alias("phi"),  # Popoviciu bound of a [0,1] reward's variance
-            pl.when(pl.col("mean") < cfg.alpha_low).then(pl.lit("hard"))
-            .when(pl.col("mean") > cfg.alpha_high).then(pl.lit("mastered"))
-            .otherwise(pl.lit("boundary")).alias("zone"),
-        )
-        .with_columns((pl.col("var") > 0).alias("informative"))
-        .select("task_id", "n", "mean", "var", "min", "max", "skill", "domain", "origin", "iteration",
-                "group_id", "phi", "zone", "informative")
-        .collect()
+    lo, hi = stats["min"].to_numpy(), stats["max"].to_numpy()
+    # a constant group has mean = its value and variance 0 exactly (summation rounding
+    # would leave ~1e-33 and call a zero-gradient group informative)
+    constant = lo == hi
+    mean = np.where(constant, lo, stats["mean"].to_numpy())
+    var = np.where(constant, 0.0, np.maximum(stats["var"].to_numpy(), 0.0))
+    clipped = np.clip(mean, 0.0, 1.0)
+    zone = (mean >= cfg.alpha_low).astype(np.int8) + (mean > cfg.alpha_high)  # 0 hard, 1 boundary, 2 mastered
+    return stats.select(
+        "task_id", "n",
+        pl.Series("mean", mean), pl.Series("var", var),
+        "min", "max", "skill", "domain", "origin", "iteration", "group_id",
+        pl.Series("phi", 4.0 * clipped * (1.0 - clipped)),  # Popoviciu bound of a [0,1] reward's variance
+        pl.Series("zone", ZONES).gather(zone),
+        pl.Series("informative", var > 0),
     )
 
 
@@ -310,8 +305,14 @@ def _latest_key(group: dict) -> tuple[int, str]:
 
 def add_history(groups: pl.DataFrame, previous: Iterable[dict] | None, ema: float) -> pl.DataFrame:
     """Add ema_mean, iterations_seen and zone_counts, carried on from the previous groups."""
+    previous = list(previous or ())
+    if not previous:  # the first iteration: every group is seen for the first time
+        return groups.with_columns(
+            pl.col("mean").alias("ema_mean"), pl.lit(1, dtype=pl.Int64).alias("iterations_seen"),
+            pl.struct(*[(pl.col("zone") == z).cast(pl.Int64).alias(z) for z in ZONES]).alias("zone_counts"),
+        )
     prev: dict[str, dict] = {}
-    for p in previous or ():
+    for p in previous:
         # several rows per task (grouped by group_id): the latest iteration carries the history
         old = prev.get(p["task_id"])
         if old is None or _latest_key(p) >= _latest_key(old):
@@ -328,12 +329,8 @@ def add_history(groups: pl.DataFrame, previous: Iterable[dict] | None, ema: floa
     before = pl.DataFrame(cols, schema={"task_id": pl.String, "_ema": pl.Float64, "_seen": pl.Int64,
                                         **{f"_{z}": pl.Int64 for z in ZONES}})
     seen = pl.col("_seen").is_not_null()
-    if prev:
-        joined = groups.join(before, on="task_id", how="left", maintain_order="left")
-    else:  # the first iteration: no history to join
-        joined = groups.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in before.schema.items() if c != "task_id")
     return (
-        joined
+        groups.join(before, on="task_id", how="left", maintain_order="left")
         .with_columns(
             # ema_mean = ema * previous ema_mean + (1 - ema) * mean; the first time: the mean
             pl.when(seen).then(ema * pl.col("_ema") + (1.0 - ema) * pl.col("mean")).otherwise(pl.col("mean")).alias("ema_mean"),
