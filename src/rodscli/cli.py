@@ -78,6 +78,8 @@ def _globals(
     Globals.validate = not no_validate
     Globals.debug = debug
     console.VERBOSITY = 0 if quiet else (2 if verbose else 1)
+    # rods draws its own progress bars; transformers' (e.g. "Writing model shards") only add noise
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def provenance(inputs: list[str | Path], **extra: object) -> dict:
