@@ -145,7 +145,11 @@ def test_seed_tasks_shape(seeds):
 def test_seed_tasks_are_deterministic_in_the_seed():
     a = seed_tasks("retail", seed=0, per_skill=3)
     assert orjson.dumps(a) == orjson.dumps(seed_tasks("retail", seed=0, per_skill=3))
-    assert orjson.dumps(a) != orjson.dumps(seed_tasks("retail", seed=1, per_skill=3))
+    b = seed_tasks("retail", seed=1, per_skill=3)
+    assert orjson.dumps(a) != orjson.dumps(b)
+    # tasks of several seeds mix without id clashes; seed 0 keeps the plain ids
+    assert len({t["id"] for t in a + b}) == len(a) + len(b)
+    assert a[0]["id"] == "retail-base-0000" and b[0]["id"] == "retail-base-0000-s1"
 
 
 def test_all_seed_tasks_replay_and_twice_give_equal_states(seeds):

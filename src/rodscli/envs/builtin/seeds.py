@@ -144,7 +144,9 @@ def make_task(domain: str, skill: str, index: int, seed: int = 0) -> dict:
             texts.insert(k + 1, turns[k].clarify)  # type: ignore[arg-type]
             reference.insert(k, [])
         return {
-            "id": f"{domain}-{skill}-{index:04d}",
+            # another seed tells other stories in other worlds: its ids say so, so that
+            # tasks of several seeds can be mixed (e.g. more SFT data) without clashing
+            "id": f"{domain}-{skill}-{index:04d}" + (f"-s{seed}" if seed else ""),
             "env": "builtin",
             "domain": domain,
             "skill": skill,
