@@ -157,12 +157,13 @@ def tasks_builtin(
     domain: str = typer.Option(None, "--domain", help=field_help(_Builtin, "domain")),
     per_skill: int = typer.Option(field_default(_Builtin, "per_skill"), "--per-skill", help=field_help(_Builtin, "per_skill")),
     profile: bool = typer.Option(field_default(_Builtin, "profile"), "--profile/--no-profile", help=field_help(_Builtin, "profile")),
+    seeds: str = typer.Option(None, "--seeds", help=field_help(_Builtin, "seeds")),
 ) -> None:
-    """Write the built-in domains' seed tasks (deterministic in the global --seed)."""
-    opts = _Builtin(domain=domain, per_skill=per_skill, profile=profile)
+    """Write the built-in domains' seed tasks (deterministic in the global --seed, or --seeds)."""
+    opts = _Builtin(domain=domain, per_skill=per_skill, profile=profile, seeds=seeds)
     task_list = tasks_stage.builtin_tasks(opts, seed=Globals.seed)
     n = records.write_records(out, task_list, "task", validate=Globals.validate,
-                              provenance_info=provenance([], domain=domain, per_skill=per_skill))
+                              provenance_info=provenance([], domain=domain, per_skill=per_skill, seeds=seeds))
     console.info(f"wrote {n} built-in seed tasks to {out}")
 
 

@@ -35,13 +35,32 @@ class BuiltinTasksOptions:
     per_skill: int = option(PER_SKILL, help="Seed tasks per domain and skill type (base, miss_func, miss_param, "
                             "long_context): the default gives 2 x 4 x 60 = 480 tasks.")
     profile: bool = option(True, help="Compute each task's complexity profile Phi (replays the reference).")
+    seeds: str | None = option(None, help="World seeds, e.g. 1-6 or 1,3,8-9: the tasks of each seed in turn "
+                               "(new worlds and stories, ids ending in -s<seed>); default: the global --seed.")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1-6` or `1,3,8-9` -> the seeds in order, each once."""
+    seeds: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        lo, dash, hi = item.partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            raise OptionError(f"{item!r} is not a seed or a range a-b (e.g. 1-6 or 1,3,8-9)", field="--seeds") from None
+        if first < 0 or last < first:
+            raise OptionError(f"{item!r} is not a range of seeds >= 0", field="--seeds")
+        seeds += [s for s in range(first, last + 1) if s not in seeds]
+    return seeds
 
 
 def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
-    """The built-in domains' seed tasks, deterministic in `seed`."""
+    """The built-in domains' seed tasks, deterministic in `seed` (or in each of `opts.seeds`)."""
     if opts.per_skill < 1:
         raise OptionError(f"--per-skill must be >= 1, got {opts.per_skill}", field="--per-skill")
-    tasks = seed_tasks(opts.domain, seed=seed, per_skill=opts.per_skill)
+    seeds = parse_seeds(opts.seeds) if opts.seeds is not None else [seed]
+    tasks = [t for s in console.progress(seeds, "seeds") for t in seed_tasks(opts.domain, seed=s, per_skill=opts.per_skill)] \
+        if len(seeds) > 1 else seed_tasks(opts.domain, seed=seeds[0], per_skill=opts.per_skill)
     if not opts.profile:
         for task in tasks:
             task["profile"] = None
