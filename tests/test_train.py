@@ -443,3 +443,13 @@ def test_sft_on_every_token_through_the_cli(tiny_policy, tmp_path):
     assert every["model_tokens"] == every["tokens"] - 2 > 5 * model["model_tokens"]  # all but each first token
     assert main([*base, "--out", str(tmp_path / "bad"), "--sft-tokens", "prompt"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_launch_is_refused_with_a_clear_error(policy, tmp_path, monkeypatch, flag):
+    """`accelerate launch --use_fsdp` sets ACCELERATE_USE_FSDP: the DDP loop says it does not
+    shard instead of training with an optimizer that does not match the wrapped model."""
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(OptionError, match="--multi_gpu"):
+        T.train_step(policy, batch(seed=10), tmp_path / "out", T.TrainOptions(lr=1e-3), seed=0)
+    assert not (tmp_path / "out").exists()

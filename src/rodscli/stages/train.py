@@ -398,6 +398,12 @@ def _accelerator():
     import torch
     from accelerate import Accelerator
 
+    # every process holds the whole model (DDP); a sharded launch would need the optimizer
+    # built after wrapping and gathered checkpoints, which this loop does not do
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP (--use_fsdp)"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed (--use_deepspeed)")):
+        if os.environ.get(flag, "").lower() in ("1", "true", "yes"):
+            raise OptionError(f"train-step runs data-parallel (DDP) under `accelerate launch`; {name} is not supported: "
+                              "launch with --multi_gpu instead")
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
