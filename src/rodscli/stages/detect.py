@@ -265,9 +265,12 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     """
     boundary = np.flatnonzero((groups["zone"] == "boundary").to_numpy())
     phi = groups["phi"].gather(boundary).round(_PHI_DIGITS).to_numpy()
-    skills = groups["skill"].gather(boundary).cast(pl.Categorical).to_physical().to_numpy()
-    by_skill = np.argsort(skills, kind="stable")  # a radix sort of small integer codes
-    segments = np.split(by_skill, np.flatnonzero(np.diff(skills[by_skill])) + 1) if len(skills) else []
+    # the candidates of each skill (positions in `boundary`), and a small code per skill
+    segments = [ix.to_numpy() for ix in groups["skill"].gather(boundary).to_frame().with_row_index("_i")
+                .group_by("skill").agg("_i")["_i"]] if len(boundary) else []
+    skills = np.empty(len(boundary), dtype=np.int64)
+    for code, mine in enumerate(segments):
+        skills[mine] = code
     quota = cfg.quota_per_skill
     if quota is None:
         quota = math.ceil(cfg.top_m / len(segments)) if segments else 0
@@ -276,7 +279,7 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
         keep[mine[_best(phi[mine], quota)]] = True
     # a stable sort on phi alone: `groups` come sorted by (task_id, group_id) from group_stats
     by_phi = np.argsort(-phi[keep], kind="stable")
-    rows, skills = boundary[keep][by_phi], skills[keep][by_phi].astype(np.int64)
+    rows, skills = boundary[keep][by_phi], skills[keep][by_phi]
     # first pass: the k-th candidate of a skill (in order) is under quota iff k < quota
     by_skill = np.argsort(skills, kind="stable")
     firsts = np.flatnonzero(np.diff(skills[by_skill], prepend=-1))  # where each skill's candidates start
