@@ -69,12 +69,14 @@ def python_group_by(rows: list[dict], cfg: DetectConfig) -> dict[str, dict]:
     return out
 
 
-def best_of(fn, repeat: int) -> tuple[float, float, object]:
-    """Best wall time and best CPU seconds (all threads) of `repeat` runs after one untimed
-    warm-up run (allocator and lazy initialization, for the baseline and the detector
-    alike), and the last result. On a shared machine the CPU ratio is the steadier one."""
+def best_of(fn, repeat: int, min_seconds: float = 1.0) -> tuple[float, float, object]:
+    """Best wall time and best CPU seconds (all threads) after one untimed warm-up run
+    (allocator and lazy initialization, for the baseline and the detector alike), and the
+    last result. At least `repeat` runs, and more until `min_seconds` have been timed (as
+    timeit's autorange): the minimum of a 30 ms run needs more samples than that of a 1 s run
+    to be free of scheduling noise. On a shared machine the CPU ratio is the steadier one."""
     times, cpus, result = [], [], fn()
-    for _ in range(repeat):
+    while len(times) < repeat or (sum(times) < min_seconds and len(times) < 100):
         t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - t0)
@@ -103,7 +105,8 @@ def bench_detect(n_rows: int, group: int, repeat: int) -> None:
         t_file, _, from_file = best_of(lambda: detect_frame(scan_scored(str(path)), cfg), repeat)
         assert from_file.height == table.height
     zones = {z: sum(g["zone"] == z for g in groups) for z in ("hard", "boundary", "mastered")}
-    print(f"detect: {n_rows:,} scored rows, {len(groups):,} tasks of {group} ({zones}), best of {repeat}")
+    print(f"detect: {n_rows:,} scored rows, {len(groups):,} tasks of {group} ({zones}), "
+          f"best of >= {repeat} runs (and >= 1 s timed)")
     print(f"  plain-Python group-by over the records     {t_python:7.3f} s")
     print(f"  detect_frame (rows in memory)              {t_frame:7.3f} s   {t_python / t_frame:6.1f}x the baseline")
     print(f"  detect_frame (scan_scored of a Parquet)    {t_file:7.3f} s   {t_python / t_file:6.1f}x the baseline")
