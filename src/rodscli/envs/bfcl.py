@@ -22,7 +22,7 @@ from array import array
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -444,15 +444,23 @@ class BFCLEnvironment(Environment):
                 loaded[name] = blob
         key = tuple(classes)
         known = _EPISODE_TOOLS.get(key)
-        episode = BFCLEpisode(instances, known[0] if known is not None else tools_for(classes))
+        episode = BFCLEpisode(instances, known.tools if known is not None else tools_for(classes))
         episode.initial_states = loaded
         if known is None:  # the tools, tool index and compiled checks of this class combination, once
-            known = _EPISODE_TOOLS[key] = (tuple(episode.tools()), episode.tool_index(), episode.argument_checks())
-        episode._tool_index, episode._argument_checks = known[1], known[2]  # read only, shared
+            known = _EPISODE_TOOLS[key] = _ClassTools(tuple(episode.tools()), episode.tool_index(), episode.argument_checks())
+        episode._tool_index, episode._argument_checks = known.index, known.checks  # read only, shared
         return episode
 
 
-_EPISODE_TOOLS: dict[tuple[str, ...], tuple[tuple[dict, ...], dict, dict]] = {}
+class _ClassTools(NamedTuple):
+    """What every episode of one class combination shares (read only)."""
+
+    tools: tuple[dict, ...]
+    index: dict
+    checks: dict
+
+
+_EPISODE_TOOLS: dict[tuple[str, ...], _ClassTools] = {}
 
 
 class TrackedRandom(random.Random):

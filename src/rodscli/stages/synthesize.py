@@ -457,7 +457,8 @@ class ApiGraph:
     sequences: dict[str, list[list[dict]]] = field(default_factory=dict)  # tool -> per task, its calls in order
     literals: dict[tuple[str, str], list] = field(default_factory=dict)
     feeds: Counter = field(default_factory=Counter)
-    _fits: dict = field(default_factory=dict, repr=False)  # (tool, literal arguments) -> observed calls that have them; (tool, k) -> sequences with a k-th call
+    _fits: dict = field(default_factory=dict, repr=False)  # (tool, literal arguments) -> observed calls that have them
+    _donors: dict = field(default_factory=dict, repr=False)  # (tool, k) -> the tasks' sequences with a k-th call of it
 
     @classmethod
     def mine(cls, tasks: Iterable[dict]) -> ApiGraph:
@@ -491,9 +492,9 @@ class ApiGraph:
         if donors is not None:
             seq = donors.get(tool)
             if seq is None:
-                options = self._fits.get((tool, occurrence))
-                if options is None:  # the donor tasks with a k-th call of the tool
-                    options = self._fits[(tool, occurrence)] = [q for q in self.sequences.get(tool, ()) if len(q) > occurrence]
+                options = self._donors.get((tool, occurrence))
+                if options is None:
+                    options = self._donors[(tool, occurrence)] = [q for q in self.sequences.get(tool, ()) if len(q) > occurrence]
                 seq = donors[tool] = rng.choice(options) if options else []
             if len(seq) > occurrence and all(a in seq[occurrence] and type(seq[occurrence][a]) is type(v)
                                              for a, v in wanted.items()):

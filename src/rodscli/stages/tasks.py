@@ -50,8 +50,8 @@ def parse_seeds(text: str) -> list[int]:
             raise OptionError(f"{item!r} is not a seed or a range a-b (e.g. 1-6 or 1,3,8-9)", field="--seeds") from None
         if first < 0 or last < first:
             raise OptionError(f"{item!r} is not a range of seeds >= 0", field="--seeds")
-        seeds += [s for s in range(first, last + 1) if s not in seeds]
-    return seeds
+        seeds += range(first, last + 1)
+    return list(dict.fromkeys(seeds))
 
 
 def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
@@ -59,8 +59,8 @@ def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
     if opts.per_skill < 1:
         raise OptionError(f"--per-skill must be >= 1, got {opts.per_skill}", field="--per-skill")
     seeds = parse_seeds(opts.seeds) if opts.seeds is not None else [seed]
-    tasks = [t for s in console.progress(seeds, "seeds") for t in seed_tasks(opts.domain, seed=s, per_skill=opts.per_skill)] \
-        if len(seeds) > 1 else seed_tasks(opts.domain, seed=seeds[0], per_skill=opts.per_skill)
+    shown = console.progress(seeds, "seeds") if len(seeds) > 1 else seeds
+    tasks = [t for s in shown for t in seed_tasks(opts.domain, seed=s, per_skill=opts.per_skill)]
     if not opts.profile:
         for task in tasks:
             task["profile"] = None

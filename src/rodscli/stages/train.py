@@ -397,11 +397,12 @@ def write_checkpoint(out: Path, src: Path, model, optimizer, state: dict, metric
 def _accelerator():
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import parse_flag_from_env
 
     # every process holds the whole model (DDP); a sharded launch would need the optimizer
     # built after wrapping and gathered checkpoints, which this loop does not do
     for flag, name in (("ACCELERATE_USE_FSDP", "FSDP (--use_fsdp)"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed (--use_deepspeed)")):
-        if os.environ.get(flag, "").lower() in ("1", "true", "yes"):
+        if parse_flag_from_env(flag):
             raise OptionError(f"train-step runs data-parallel (DDP) under `accelerate launch`; {name} is not supported: "
                               "launch with --multi_gpu instead")
     return Accelerator(cpu=not torch.cuda.is_available())
