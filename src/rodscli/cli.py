@@ -530,16 +530,19 @@ def train_step(
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
     )
     opts.check()
-    if mode == "sft":
-        if not tasks:
-            raise OptionError("--mode sft needs --tasks TASKS")
-        rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate))
-        metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
-    else:
-        if not scored:
-            raise OptionError("--mode grpo needs --scored SCORED")
-        batch = records.read_all(scored, "scored", Globals.validate)
-        metrics = train.train_step(policy, batch, out, opts, seed=Globals.seed, provenance_info=provenance([policy, scored]), validate=Globals.validate)
+    try:
+        if mode == "sft":
+            if not tasks:
+                raise OptionError("--mode sft needs --tasks TASKS")
+            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate))
+            metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
+        else:
+            if not scored:
+                raise OptionError("--mode grpo needs --scored SCORED")
+            batch = records.read_all(scored, "scored", Globals.validate)
+            metrics = train.train_step(policy, batch, out, opts, seed=Globals.seed, provenance_info=provenance([policy, scored]), validate=Globals.validate)
+    finally:
+        train.leave_process_group()
     if metrics["updated"]:
         console.info(f"[green]{mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
                      f"groups kept {metrics['groups_kept']}/{metrics['groups_total']}, {metrics['tokens_per_s']:.0f} tokens/s -> {out}")

@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -406,6 +407,15 @@ def _accelerator():
             raise OptionError(f"train-step runs data-parallel (DDP) under `accelerate launch`; {name} is not supported: "
                               "launch with --multi_gpu instead")
     return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def leave_process_group() -> None:
+    """End this process's part of an `accelerate launch` run: destroy the process group, so
+    that gloo's threads are joined before the interpreter exits (left running, they can abort
+    a process that has finished its work: "terminate called without an active exception")."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _apply_lora(model, cfg: TrainOptions):
