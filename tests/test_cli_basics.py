@@ -36,3 +36,21 @@ def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "rodscli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("rods ")
+
+
+def test_progress_in_a_log_is_plain_lines(capsys, monkeypatch):
+    from rodscli import console
+
+    monkeypatch.setattr(console, "LOG_EVERY_S", 0.0)
+    assert list(console.progress(range(3), "work")) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["work: 1/3 (33%)", "work: 2/3 (67%)", "work: 3/3 (100%)"]
+    assert "left" in lines[0] and "left" not in lines[-1]
+
+    monkeypatch.setattr(console, "LOG_EVERY_S", 3600.0)  # a long interval: only the closing line
+    assert sum(1 for _ in console.progress(iter(range(5)), "stream")) == 5
+    assert capsys.readouterr().err.strip() == "stream: 5 done, 0:00:00 elapsed"
+
+    monkeypatch.setattr(console, "VERBOSITY", 0)  # --quiet: nothing
+    assert list(console.progress(range(2), "quiet")) == [0, 1]
+    assert capsys.readouterr().err == ""

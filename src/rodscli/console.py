@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -24,6 +25,9 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = 160
 # set by the CLI's global options: 0 quiet, 1 normal, 2 verbose
 VERBOSITY = 1
+# stderr that is not a terminal (a log file, make's output) gets a plain progress line this often, in seconds:
+# rich draws a bar there only once, when the work is done
+LOG_EVERY_S = float(os.environ.get("RODS_PROGRESS_EVERY", "30"))
 
 
 def info(message: str) -> None:
@@ -43,9 +47,39 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    if not console.is_terminal:
+        yield from _logged(items, description, total)
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
             bar.advance(task)
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
+def _logged(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    """Progress for a log: a line every LOG_EVERY_S seconds and one at the end, each a complete record."""
+    start = last = time.monotonic()
+    done = 0
+
+    def line(now: float) -> str:
+        elapsed = now - start
+        if not total:
+            return f"{description}: {done} done, {_clock(elapsed)} elapsed"
+        left = f", ~{_clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        return f"{description}: {done}/{total} ({done / total:.0%}), {_clock(elapsed)} elapsed{left}"
+
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S and (not total or done < total):
+            console.print(line(now), highlight=False, soft_wrap=True)
+            last = now
+    console.print(line(time.monotonic()), highlight=False, soft_wrap=True)
