@@ -8,6 +8,8 @@
 #   RUN/setup/heldout.jsonl        held-out tasks for eval        (rods tasks ...)
 #   RUN/setup/init/                first checkpoint               (rods init-policy, or a link to POLICY)
 #   RUN/setup/policy/              starting policy: SFT warm start (rods train-step --mode sft)
+#   RUN/setup/sft_more_tasks.jsonl with SFT_MORE=on, a second SFT stage's tasks; then
+#   RUN/setup/sft_first/           holds the first stage and setup/policy is the second
 #   RUN/setup/buffer.parquet       initial buffer                 (rods merge-buffer)
 #   RUN/setup/next_batch.parquet   tasks of iteration 000
 #   RUN/setup/eval.parquet         held-out eval of the starting policy
@@ -59,6 +61,10 @@ POLICY ?=
 INIT_POLICY_ARGS ?=
 SFT ?= on
 SFT_ARGS ?=
+# an optional second SFT stage on more tasks (another command, other options), from the first
+SFT_MORE ?= off
+SFT_MORE_TASKS_CMD ?= $(error SFT_MORE=on needs SFT_MORE_TASKS_CMD, a command that writes the tasks as JSONL)
+SFT_MORE_ARGS ?=
 # free-form extra options per stage
 ROLLOUT_ARGS ?=
 SCORE_ARGS ?=
@@ -126,10 +132,21 @@ $(SETUP)/init: $(POLICY)
 endif
 
 ifeq ($(SFT),on)
-$(SETUP)/policy: $(SETUP)/init $(SETUP)/sft_tasks.jsonl | install
+# the first SFT stage writes setup/policy, or setup/sft_first when a second stage follows
+SFT_FIRST := $(SETUP)/$(if $(filter on,$(SFT_MORE)),sft_first,policy)
+$(SFT_FIRST): $(SETUP)/init $(SETUP)/sft_tasks.jsonl | install
 	$(call ckpt_tmp,$@)
 	$(call rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_tasks.jsonl --out $@.tmp $(SFT_ARGS)
 	$(call ckpt_commit,$@)
+ifeq ($(SFT_MORE),on)
+$(SETUP)/sft_more_tasks.jsonl: | install
+	mkdir -p $(@D) && set -o pipefail && $(SFT_MORE_TASKS_CMD) > $@.tmp && mv $@.tmp $@
+
+$(SETUP)/policy: $(SFT_FIRST) $(SETUP)/sft_more_tasks.jsonl | install
+	$(call ckpt_tmp,$@)
+	$(call rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_more_tasks.jsonl --out $@.tmp $(SFT_MORE_ARGS)
+	$(call ckpt_commit,$@)
+endif
 else
 $(SETUP)/policy: $(SETUP)/init
 	ln -sfn init $@

@@ -15,6 +15,7 @@ deterministic is tests/test_train.py's job.)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -147,3 +148,31 @@ def test_killed_loop_resumes_to_the_same_result(tmp_path, start_policy):
     # a finished run is up to date: make has no stage left to run, only the report
     again = _make(killed, *given, dry=True)
     assert [ln for ln in again.stdout.splitlines() if "rods" in ln and " report " not in ln] == []
+
+
+def test_second_sft_stage_goes_on_from_the_first(tmp_path):
+    """SFT_MORE=on: setup/sft_first is the first stage, setup/policy a second SFT on other tasks from it."""
+    run = tmp_path / "run"
+    plain = [ln for ln in _make(run, dry=True).stdout.splitlines() if "--mode sft" in ln]
+    assert len(plain) == 1 and f"--out {run}/setup/policy.tmp" in plain[0]
+
+    more = ["SFT_MORE=on", "SFT_MORE_TASKS_CMD=$(RODS) --quiet tasks builtin --out - | tail -2",
+            "SFT_MORE_ARGS=--epochs 1 --lr 1e-3 --sft-tokens model --batch-tokens 2048", "SFT_TASKS_FILTER=head -2"]
+    dry = _make(run, *more, dry=True)
+    assert dry.returncode == 0, dry.stderr
+    first, second = [ln for ln in dry.stdout.splitlines() if "--mode sft" in ln]
+    assert f"--tasks {run}/setup/sft_tasks.jsonl --out {run}/setup/sft_first.tmp" in first
+    assert f"--policy {run}/setup/sft_first --tasks {run}/setup/sft_more_tasks.jsonl --out {run}/setup/policy.tmp" in second
+    assert "--sft-tokens model" in second and "--sft-tokens model" not in first
+    assert f"--policy {run}/setup/policy " in next(ln for ln in dry.stdout.splitlines() if " rollout " in ln)
+
+    # the two stages for real (tiny: two tasks each): both checkpoints exist, the second trained on from the first
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", "install", f"{run}/setup/policy",
+                           f"RUN={run}", "PIPELINE=demo", *TINY, *more], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((run / "setup" / "sft_more_tasks.jsonl").read_text().splitlines()) == 2
+    assert _weights_hash(run / "setup" / "sft_first") != _weights_hash(run / "setup" / "policy")
+    first_state, state = (json.loads((run / "setup" / d / "train_state.json").read_text()) for d in ("sft_first", "policy"))
+    assert state["step"] > first_state["step"] and state["optimizer_restored"]  # the optimizer went on, too
+    assert not list((run / "setup").glob("*.tmp"))
