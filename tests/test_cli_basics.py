@@ -51,6 +51,11 @@ def test_progress_in_a_log_is_plain_lines(capsys, monkeypatch):
     assert sum(1 for _ in console.progress(iter(range(5)), "stream")) == 5
     assert capsys.readouterr().err.strip() == "stream: 5 done, 0:00:00 elapsed"
 
+    seen = []
+    for i in console.progress(range(2), "train", status=lambda: f"loss {seen[-1]}"):
+        seen.append(i * 0.5)
+    assert capsys.readouterr().err.splitlines()[-1].endswith("elapsed, loss 0.5")
+
     monkeypatch.setattr(console, "VERBOSITY", 0)  # --quiet: nothing
     assert list(console.progress(range(2), "quiet")) == [0, 1]
     assert capsys.readouterr().err == ""

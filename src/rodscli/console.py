@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -40,22 +40,25 @@ def debug(message: str) -> None:
         console.print(f"[dim]{message}[/dim]")
 
 
-def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr (nothing when quiet)."""
+def progress(items: Iterable[T], description: str, total: int | None = None,
+             status: Callable[[], str] | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr (nothing when quiet); `status()`, called after each
+    item, is shown beside it (e.g. the recent loss)."""
     if VERBOSITY < 1:
         yield from items
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if not console.is_terminal:
-        yield from _logged(items, description, total)
+        yield from _logged(items, description, total, status)
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, status="")
         for item in items:
             yield item
-            bar.advance(task)
+            bar.update(task, advance=1, status=status() if status else "")
 
 
 def _clock(seconds: float) -> str:
@@ -63,17 +66,18 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
 
 
-def _logged(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+def _logged(items: Iterable[T], description: str, total: int | None, status: Callable[[], str] | None) -> Iterator[T]:
     """Progress for a log: a line every LOG_EVERY_S seconds and one at the end, each a complete record."""
     start = last = time.monotonic()
     done = 0
 
     def line(now: float) -> str:
         elapsed = now - start
+        extra = f", {status()}" if status and done else ""
         if not total:
-            return f"{description}: {done} done, {_clock(elapsed)} elapsed"
+            return f"{description}: {done} done, {_clock(elapsed)} elapsed{extra}"
         left = f", ~{_clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
-        return f"{description}: {done}/{total} ({done / total:.0%}), {_clock(elapsed)} elapsed{left}"
+        return f"{description}: {done}/{total} ({done / total:.0%}), {_clock(elapsed)} elapsed{left}{extra}"
 
     for item in items:
         yield item

@@ -453,7 +453,13 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         ref_module = grpo.TokenLogprobs(ref, cfg.temperature)
 
     per_step, grad_norms, lrs = [], [], []
-    for i, step_seqs in enumerate(console.progress(steps, f"{cfg.mode} optimizer steps") if accelerator.is_main_process else steps):
+
+    def recent_loss() -> str:  # beside the progress bar: the mean loss of the last 20 steps
+        recent = [m["loss"] for m in per_step[-20:]]
+        return f"loss {sum(recent) / len(recent):.4f}" if recent else ""
+
+    shown = console.progress(steps, f"{cfg.mode} optimizer steps", status=recent_loss) if accelerator.is_main_process else steps
+    for i, step_seqs in enumerate(shown):
         lrs.append(lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup))
         for group in optimizer.param_groups:
             group["lr"] = lrs[-1]
