@@ -21,6 +21,7 @@ batched kernels), and a fixed seed gives identical rollouts on CPU.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ class HFBackend(Backend):
         self.sampling = sampling
         self.policy_id = policy_id(policy)
         self._kept: dict[str, _Prefix] = {}  # episode key -> KV of the ids it has seen
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns on every call)
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def release(self, keys: list[str]) -> None:
         for key in keys:
@@ -238,7 +241,7 @@ class HFBackend(Backend):
         cache = self._batch_cache(starts, P)
         with torch.inference_mode():
             self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+                       use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         return [self._row(cache, b, P - len(p.ids), w) for b, (p, w) in enumerate(zip(starts, wants, strict=True))]
 
     def _batch_cache(self, prefixes: list[_Prefix], width: int) -> Any:
@@ -308,7 +311,7 @@ class HFBackend(Backend):
         with torch.inference_mode():
             while True:
                 logits = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                    use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1]
                 for i in rows:  # every token sampled so far has now been fed: it is in the cache
                     fed[i] = len(out_ids[i])
                 # finished rows still in the batch sample too; their draws are discarded
