@@ -24,10 +24,10 @@ SFT ?= on
 SFT_ARGS ?= --epochs 1 --lr 3e-3 --sft-tokens all --batch-tokens 2048
 # SFT_MORE=on: a longer warm start that goes on from there with one pass on the 8,640 tasks of
 # world seeds 4-21 (10.2M tokens, 1,340 steps of 8,192 tokens, cosine from 1e-3, loss on every
-# token; ~48 min on 2 CPU cores). Measured on 96 held-out tasks of unseen
-# worlds: argument accuracy 0.03 -> 0.54, progress 0.088 -> 0.292, 47 of 243 call turns passed
-# instead of 2, 12 tasks solved end to end instead of 1 (with loss on the assistant's tokens
-# only, the same stage reached 0.171 and 2 tasks)
+# token; ~48 min on 2 CPU cores). Measured on 96 held-out tasks of unseen worlds: argument
+# accuracy 0.03 -> 0.54, progress 0.088 -> 0.292, 47 of 243 call turns passed instead of 2, 12
+# tasks solved end to end instead of 1 (with the loss on the assistant's tokens only, the same
+# stage reached 0.171 and 2 tasks)
 SFT_MORE ?= off
 SFT_MORE_TASKS_CMD ?= $(RODS) --quiet tasks builtin --seeds 4-21 --no-profile --out -
 SFT_MORE_ARGS ?= --epochs 1 --lr 1e-3 --sft-tokens all --batch-tokens 8192

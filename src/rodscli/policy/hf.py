@@ -240,9 +240,12 @@ class HFBackend(Backend):
             pos[b] = torch.arange(c, c + S)
         cache = self._batch_cache(starts, P)
         with torch.inference_mode():
-            self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                       use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            self._forward(cache, input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
         return [self._row(cache, b, P - len(p.ids), w) for b, (p, w) in enumerate(zip(starts, wants, strict=True))]
+
+    def _forward(self, cache: Any, **inputs: Any) -> Any:
+        """One forward pass that appends to `cache` in place; the last position's logits, (batch, vocab)."""
+        return self.model(**inputs, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1]
 
     def _batch_cache(self, prefixes: list[_Prefix], width: int) -> Any:
         """A DynamicCache holding each prefix's KV right-aligned in `width` columns."""
@@ -310,8 +313,7 @@ class HFBackend(Backend):
 
         with torch.inference_mode():
             while True:
-                logits = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                                    use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1]
+                logits = self._forward(cache, input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None])
                 for i in rows:  # every token sampled so far has now been fed: it is in the cache
                     fed[i] = len(out_ids[i])
                 # finished rows still in the batch sample too; their draws are discarded
