@@ -20,7 +20,7 @@ SFT ?= on
 # token, ~7.5 min on 2 CPU cores: on the 24 held-out tasks the tiny policy goes from no parseable
 # call to valid calls (validity 0.6-0.73) naming the right tool (name precision 0.59-0.67), and
 # copies a value once its first token is right; finding that first token in the request comes
-# only with more data (SFT_MORE), so it still fails most turns that need calls (README, "SFT")
+# only with more data (SFT_MORE), so it still fails most turns that need calls (docs/results.md)
 SFT_ARGS ?= --epochs 1 --lr 3e-3 --sft-tokens all --batch-tokens 2048
 # SFT_MORE=on: a longer warm start that goes on from there with one pass on the 8,640 tasks of
 # world seeds 4-21 (10.2M tokens, 1,340 steps of 8,192 tokens, cosine from 1e-3, loss on every
@@ -42,7 +42,7 @@ TEMPERATURE ?= 1.0
 MAX_NEW_TOKENS ?= 64
 MAX_TOKENS ?= 4096
 
-# boundary detection (DESIGN.md section 5)
+# boundary detection (docs/architecture.md section 5)
 ALPHA_LOW ?= 0.20
 ALPHA_HIGH ?= 0.85
 TOP_M ?= 4

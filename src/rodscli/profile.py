@@ -1,4 +1,4 @@
-"""The complexity profile Phi of a task (DESIGN.md section 3), computed from its reference.
+"""The complexity profile Phi of a task (docs/architecture.md section 3), computed from its reference.
 
 Phi is what synthesis keeps fixed while it changes entities, state and wording, so it is
 computed from the executed reference, never written by hand. Fields of `compute_profile`:

@@ -1,4 +1,4 @@
-"""Reward formulas (DESIGN.md section 4), written out where they happen.
+"""Reward formulas (docs/architecture.md section 4), written out where they happen.
 
 Every function here is pure: it takes an agent's calls (rollout.calls[] records), the
 task's reference calls and the reference executed on fresh state (envs.ReferenceTrace),

@@ -1,4 +1,4 @@
-"""The environment protocol (DESIGN.md section 2) and what every family shares.
+"""The environment protocol (docs/architecture.md section 2) and what every family shares.
 
 An `Environment` turns a task into a live, isolated `Episode`; an episode lists its tools
 (OpenAI function schemas), executes calls by name with keyword arguments, and exposes a

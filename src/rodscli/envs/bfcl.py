@@ -1,4 +1,4 @@
-"""BFCL multi-turn: the paper's setting (DESIGN.md section 2, family 1).
+"""BFCL multi-turn: the paper's setting (docs/architecture.md section 2, family 1).
 
 The 800 tasks of the four multi-turn categories (base, miss_func, miss_param, long_context;
 200 each) and their stateful simulators ship in the `bfcl-eval` package. This module turns

@@ -1,4 +1,4 @@
-"""MCP servers as environments (DESIGN.md section 2, family 4; extra `mcp`).
+"""MCP servers as environments (docs/architecture.md section 2, family 4; extra `mcp`).
 
 Any Model Context Protocol server started over stdio. Every episode gets its own server
 process, its own client session and a fresh temporary working directory, so episodes never

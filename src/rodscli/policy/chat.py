@@ -1,4 +1,4 @@
-"""Chat rendering and tool-call parsing, token-in token-out (DESIGN.md section 8).
+"""Chat rendering and tool-call parsing, token-in token-out (docs/architecture.md section 8).
 
 A conversation is a list of token ids that only ever grows: the prompt is rendered once
 with the checkpoint's own chat template, the model's tokens are appended exactly as it

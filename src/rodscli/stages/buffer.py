@@ -1,4 +1,4 @@
-"""The co-evolving replay buffer (`rods merge-buffer`, DESIGN.md section 7).
+"""The co-evolving replay buffer (`rods merge-buffer`, docs/architecture.md section 7).
 
 The buffer file is the whole state of the task pool: every entry is a task plus its status
 (pending / active / retired), its per-iteration reward history and a log of every decision

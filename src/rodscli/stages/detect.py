@@ -1,5 +1,5 @@
 """`rods detect`: scored rollouts -> per-task group statistics, zones and the boundary
-selection (DESIGN.md section 5). It costs no inference: it only reads rewards.
+selection (docs/architecture.md section 5). It costs no inference: it only reads rewards.
 
 Per group of G rollouts: n, mean r-bar, population variance, min, max, and
 phi = 4 r-bar (1 - r-bar), the Popoviciu (Bhatia-Davis) bound of the variance of a [0, 1]

@@ -1,4 +1,4 @@
-"""`rods score`: rollouts -> scored rollouts (DESIGN.md section 4).
+"""`rods score`: rollouts -> scored rollouts (docs/architecture.md section 4).
 
 For each rollout, the task's reference calls are executed turn by turn on a fresh episode
 (`envs.replay_reference`) and the trajectory is scored against them: the per-turn pass,

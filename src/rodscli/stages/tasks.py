@@ -1,5 +1,5 @@
 """`rods tasks builtin | replay | stats`: make the built-in seed tasks, check that every
-task's reference solution replays, and count what a task file holds (DESIGN.md section 3).
+task's reference solution replays, and count what a task file holds (docs/architecture.md section 3).
 
 `replay_tasks` runs each reference twice on fresh episodes: once in file order and once,
 independently, in reverse order. A task passes when no reference call comes back with an
