@@ -33,16 +33,10 @@ from rodscli.envs.base import offered_tools, open_episode, tool_name
 from rodscli.envs.bfcl import BFCLTasksOptions, bfcl_tasks
 from rodscli.envs.builtin import seed_tasks
 from rodscli.profile import compute_profile, profile_distance
-from rodscli.stages.synthesize import (
-    ApiGraph,
-    DuplicateIndex,
-    SynthesizeOptions,
-    _replays,
-    _world_pool,
-    call_keys,
-    new_world,
-    synthesize,
-)
+from rodscli.synth import DuplicateIndex, SynthesizeOptions, call_keys, synthesize
+from rodscli.synth.filters import replays
+from rodscli.synth.graph import ApiGraph
+from rodscli.synth.worlds import WorldPool
 
 sys.path.insert(0, str(Path(__file__).parent))
 from envs import best_of  # noqa: E402  (bench/envs.py: the fastest of N runs in CPU seconds)
@@ -50,7 +44,7 @@ from envs import best_of  # noqa: E402  (bench/envs.py: the fastest of N runs in
 
 def baseline(seeds: list[dict], known: list[dict], attempts: int, opts: SynthesizeOptions) -> tuple[int, int]:
     """Generate-and-test without planning: random tools with observed arguments, same filters."""
-    graph, worlds, dups = ApiGraph.mine(known), _world_pool(known), DuplicateIndex()
+    graph, worlds, dups = ApiGraph.mine(known), WorldPool(known), DuplicateIndex()
     for t in known:
         dups.add(call_keys(t))
     per_seed = max(1, attempts // max(1, len(seeds)))
@@ -61,7 +55,7 @@ def baseline(seeds: list[dict], known: list[dict], attempts: int, opts: Synthesi
         for a in range(per_seed):
             tried += 1
             rng = random.Random(f"baseline:{seed['id']}:{a}")
-            world, _ = new_world(seed, rng, worlds, a, opts.seed)
+            world, _ = worlds.new_world(seed, rng, a, opts.seed)
             cand = {k: seed[k] for k in ("env", "domain", "skill", "env_config", "tools", "withheld") if k in seed}
             cand["initial_state"] = world
             reference, results, ok = [], [], True
@@ -86,7 +80,7 @@ def baseline(seeds: list[dict], known: list[dict], attempts: int, opts: Synthesi
             cand["reference"] = reference
             if not any(reference):
                 continue
-            passed, trace = _replays(cand, results, None)
+            passed, trace = replays(cand, results, None)
             if not passed:
                 continue
             if profile_distance(compute_profile(cand, trace), profile) > opts.tolerance:

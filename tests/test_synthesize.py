@@ -16,14 +16,8 @@ from rodscli.cli import app, main
 from rodscli.envs.base import replay_reference
 from rodscli.envs.builtin import seed_tasks
 from rodscli.profile import compute_profile, profile_distance
-from rodscli.stages.synthesize import (
-    DuplicateIndex,
-    SynthesizeOptions,
-    _value_text,
-    call_keys,
-    critique,
-    synthesize,
-)
+from rodscli.synth import DuplicateIndex, SynthesizeOptions, call_keys, synthesize
+from rodscli.synth.write import critique, value_text
 
 
 @functools.cache
@@ -258,7 +252,7 @@ def test_llm_writer_with_the_tiny_policy(tmp_path):
     for a, b in zip(plain, llm, strict=True):
         flags = b["synthesis"]["rewritten"]
         assert len(flags) == len(b["user_turns"])
-        values = {_value_text(v) for turn in b["reference"] for c in turn for v in c["arguments"].values()}
+        values = {value_text(v) for turn in b["reference"] for c in turn for v in c["arguments"].values()}
         for ok, before, after in zip(flags, a["user_turns"], b["user_turns"], strict=True):
             assert after == before if not ok else critique(after, before, values)
     assert stats["rewritten_turns"] == sum(sum(c["synthesis"]["rewritten"]) for c in llm)
@@ -270,7 +264,9 @@ def test_remembered_call_outcomes_replace_runs_exactly():
     calls, results, state changes and final state (the simulators are deterministic)."""
     import random
 
-    from rodscli.stages.synthesize import ApiGraph, execute, make_plan
+    from rodscli.synth.execute import execute
+    from rodscli.synth.graph import ApiGraph
+    from rodscli.synth.plan import make_plan
 
     train = [orjson.loads(orjson.dumps(t)) for t in _bfcl_train()]
     graph = ApiGraph.mine(train)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +179,37 @@ class Episode(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (processes, temp dirs)."""
 
+    # What synthesis needs (rodscli.synth), beyond running calls. A family whose state is
+    # split among owners (the objects of a Python-class episode) names the owner each tool
+    # runs on (a call changes only its owner's state), saves and restores each owner's
+    # state as bytes (so a call that changed the wrong thing is undone and a call met again
+    # on a known state need not run), and shows each owner's public state as JSON data to
+    # ground arguments in. The defaults fit an episode whose state is one whole (an MCP
+    # server): no owners, and synthesis grounds in `snapshot()`.
+
+    state_survives_close: bool = False  # the state can still be read after close() (objects in this process)
+    live_views: bool = False  # state_view gives the live attributes themselves (JSON data already): read, never keep
+
+    def state_owners(self) -> list[str]:
+        """The owners of separately saved state, in the episode's order ([]: the state is one whole)."""
+        return []
+
+    def tool_owner(self, name: str) -> str:
+        """The owner tool `name` runs on; "" for none (the whole episode)."""
+        return ""
+
+    def save_state(self, owner: str) -> bytes | None:
+        """The owner's whole state (private attributes included) as bytes; None when it cannot be saved."""
+        return None
+
+    def restore_state(self, owner: str, blob: bytes) -> None:
+        """Put the owner back in a state `save_state` gave."""
+        raise NotImplementedError(f"{type(self).__name__} does not restore state")
+
+    def state_view(self, owner: str) -> Any:
+        """The owner's public state as JSON data (read only)."""
+        raise KeyError(owner)
+
     def __enter__(self) -> Episode:
         return self
 
@@ -228,6 +261,20 @@ class Environment(ABC):
     @abstractmethod
     def reset(self, task: dict) -> Episode:
         """A fresh episode in the task's initial state."""
+
+    def new_world(self, task: dict, rng: random.Random, others: Callable[[], list[dict]], attempt: int,
+                  salt: int = 0) -> tuple[dict, str]:
+        """A fresh initial state for a synthesized variant of `task`, and where it came from.
+
+        By default the initial state of another known task like it (`others()`: same family,
+        domain and env_config), every other attempt the task's own (some plans need exactly
+        its entities). A family that can make worlds (builtin) makes one, deterministic in
+        `rng` and `salt` (the run's seed).
+        """
+        worlds = others()
+        if worlds and attempt % 2 == 0:
+            return rng.choice(worlds), "pool"
+        return task["initial_state"], "seed"
 
 
 # family name -> "module:attribute"; imported on first use so optional extras stay optional

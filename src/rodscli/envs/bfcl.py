@@ -415,6 +415,16 @@ class BFCLEpisode(ClassEpisode):
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
                 for cls, obj in sorted(self.instances.items())}
 
+    # synthesis hooks (see Episode; the rest is ClassEpisode's)
+    def save_state(self, owner: str) -> bytes | None:
+        if self.initial_states and owner in self.initial_states:  # no call yet: the bytes it was loaded from
+            return b"p" + self.initial_states[owner]
+        return super().save_state(owner)
+
+    def state_view(self, owner: str) -> Any:
+        """The class's public state compared the way BFCL's checker compares it (see `_state`)."""
+        return _state({k: v for k, v in vars(self.instances[owner]).items() if not k.startswith("_")})
+
 
 class BFCLEnvironment(Environment):
     """Runs BFCL tasks. Task fields used: env_config.involved_classes, env_config.long_context,

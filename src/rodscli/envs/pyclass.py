@@ -12,10 +12,13 @@ import copy
 import functools
 import importlib
 import inspect
+import pickle
 import re
 import types
 import typing
 from typing import Any
+
+import orjson
 
 from rodscli.envs.base import Environment, Episode
 from rodscli.errors import InputError
@@ -162,6 +165,33 @@ class ClassEpisode(Episode):
 
     def snapshot(self) -> dict:
         return {cls: public_state(obj) for cls, obj in sorted(self.instances.items())}
+
+    # synthesis hooks (see Episode): each object is an owner, its attributes its state
+    state_survives_close = True
+
+    def state_owners(self) -> list[str]:
+        return list(self.instances)
+
+    def tool_owner(self, name: str) -> str:
+        method = self._methods.get(name)
+        owner = getattr(method, "__self__", None)
+        return "" if owner is None else type(owner).__name__
+
+    def save_state(self, owner: str) -> bytes | None:
+        try:  # pickle keeps cycles (a folder's parent link), objects and private attributes
+            return b"p" + pickle.dumps(vars(self.instances[owner]), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an unpicklable attribute (a lock, a handle): no undo for this owner
+            return None
+
+    def restore_state(self, owner: str, blob: bytes) -> None:
+        # b"j": JSON data (see BuiltinEpisode.save_state), b"p": a pickle
+        state = orjson.loads(blob[1:]) if blob[:1] == b"j" else pickle.loads(blob[1:])
+        attrs = vars(self.instances[owner])
+        attrs.clear()
+        attrs.update(state)
+
+    def state_view(self, owner: str) -> Any:
+        return public_state(self.instances[owner])
 
 
 def import_class(path: str) -> type:

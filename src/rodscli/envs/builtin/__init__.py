@@ -13,6 +13,8 @@ dict (episodes never share state) and runs on the shared `ClassEpisode` core.
 from __future__ import annotations
 
 import functools
+import random
+from collections.abc import Callable
 
 import orjson
 
@@ -62,6 +64,19 @@ class BuiltinEpisode(ClassEpisode):
     def snapshot_hash(self) -> str:
         return state_hash(self._public())  # equal to state_hash(self.snapshot()): the state is JSON data
 
+    # synthesis hooks (see Episode): the state is JSON data, saved with orjson (several
+    # times faster than pickle) and shown as it is
+    live_views = True
+
+    def save_state(self, owner: str) -> bytes | None:
+        try:
+            return b"j" + orjson.dumps(vars(self.instances[owner]))
+        except Exception:
+            return None
+
+    def state_view(self, owner: str) -> dict:
+        return {k: v for k, v in vars(self.instances[owner]).items() if not k.startswith("_")}
+
 
 def new_episode(domain: str, state: dict) -> BuiltinEpisode:
     """An episode of `domain` in (a private copy of) `state`."""
@@ -91,6 +106,24 @@ class BuiltinEnvironment(Environment):
         except InputError as exc:
             exc.where = exc.where or task.get("id")
             raise
+
+    def new_world(self, task: dict, rng: random.Random, others: Callable[[], list[dict]], attempt: int,
+                  salt: int = 0) -> tuple[dict, str]:
+        """One of the domain's generated worlds (a large one for long_context tasks)."""
+        index = rng.randrange(WORLDS)
+        return generated_world(task["domain"], task["skill"] == "long_context", index, salt), f"generated:{index}"
+
+
+WORLDS = 64  # generated worlds per domain and size in one synthesis run (a variant draws one)
+
+
+@functools.lru_cache(maxsize=4 * WORLDS)
+def generated_world(domain: str, large: bool, index: int, salt: int) -> dict:
+    """World number `index` of a domain: made once per process, shared read-only by the
+    variants that draw it (every episode works on its own copy)."""
+    from rodscli.envs.builtin.seeds import domain_module
+
+    return domain_module(domain).world(random.Random(f"rods-synth-world:{salt}:{domain}:{large}:{index}"), large=large)
 
 
 def seed_tasks(domain: str | None = None, seed: int = 0, per_skill: int | None = None) -> list[dict]:

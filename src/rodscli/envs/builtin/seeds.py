@@ -103,7 +103,8 @@ def tell(domain: str, initial_state: dict, intents: list[Intent], rng: random.Ra
     return turns
 
 
-def _domain_module(domain: str) -> Any:
+def domain_module(domain: str) -> Any:
+    """The module that generates the worlds and stories of a built-in domain."""
     if domain == "retail":
         from rodscli.envs.builtin import retail_seeds as mod
     else:
@@ -113,7 +114,7 @@ def _domain_module(domain: str) -> Any:
 
 def make_task(domain: str, skill: str, index: int, seed: int = 0) -> dict:
     """Seed task number `index` of a domain and skill (deterministic in seed and index)."""
-    mod = _domain_module(domain)
+    mod = domain_module(domain)
     for attempt in range(50):
         rng = random.Random(f"rods-builtin:{seed}:{domain}:{skill}:{index}:{attempt}")
         state = mod.world(rng, large=skill == "long_context")

@@ -1,0 +1,33 @@
+"""What a writer is: how an accepted candidate's user turns are written."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rodscli.synth.execute import Execution
+    from rodscli.synth.plan import Plan
+
+
+class Writer:
+    """Writes the user turns of accepted candidates.
+
+    `turns` writes one candidate's turns when it is accepted (from its plan and executed
+    calls, deterministic in `rng`); `revise` may then rewrite all accepted candidates in
+    one batch (a model writer) and returns its counts for the stats. A new writer is one
+    subclass, registered by its `name` in `rodscli.synth.write.WRITERS`; it is made from
+    the run's options (`SynthesizeOptions`).
+    """
+
+    name = ""
+
+    def __init__(self, opts: Any = None):
+        self.opts = opts
+
+    def turns(self, plan: Plan, run: Execution, rng: random.Random) -> list[str]:
+        raise NotImplementedError
+
+    def revise(self, tasks: list[dict]) -> dict:
+        """Rewrite the accepted tasks in place; counts for the stats ({}: nothing to tell)."""
+        return {}
