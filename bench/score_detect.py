@@ -24,10 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
+from rodscli.schemas import SKILLS
 from rodscli.stages.detect import DetectConfig, detect, detect_frame, scan_scored
 from rodscli.stages.score import ScoreConfig, reference_turns, score, scripted_rollout
-
-SKILLS = ("base", "miss_func", "miss_param", "long_context")
 
 
 def synthetic_scored(n_rows: int, group: int, seed: int = 0) -> dict[str, list]:

@@ -23,7 +23,7 @@ from rodscli.envs.base import (
     tool_name,
 )
 from rodscli.envs.builtin import DOMAINS, domain_tools, new_episode, seed_tasks
-from rodscli.envs.builtin.seeds import SKILLS
+from rodscli.schemas import SKILLS
 from rodscli.stages.tasks import replay_tasks, task_stats
 
 ID = re.compile(r"\b[A-Z]-\d{4}\b")

@@ -94,3 +94,45 @@ class Leaky:
         """Record a bump; gives how many bumps were ever recorded."""
         self.seen.append(1)
         return len(self.seen)
+
+
+class Library:
+    """Books lent to members (a simulator with entities to synthesize variants in)."""
+
+    def __init__(self) -> None:
+        self.books: dict[str, dict] = {}  # book id -> {"title", "author", "lent_to"}
+        self.members: list[str] = []
+
+    def find_book(self, title: str) -> dict:
+        """Find a book by its title; gives its id.
+
+        Args:
+            title: The book's title.
+        """
+        for book_id, book in sorted(self.books.items()):
+            if book["title"] == title:
+                return {"book_id": book_id, "author": book["author"]}
+        raise KeyError(f"no book titled {title!r}")
+
+    def lend(self, book_id: str, member: str) -> dict:
+        """Lend a book to a member.
+
+        Args:
+            book_id: The book's id.
+            member: The member's name.
+        """
+        if member not in self.members:
+            raise KeyError(f"no member {member!r}")
+        book = self.books[book_id]
+        if book["lent_to"] is not None:
+            raise ValueError(f"{book_id} is already lent")
+        book["lent_to"] = member
+        return {"book_id": book_id, "lent_to": member}
+
+    def loans(self, member: str) -> list:
+        """The ids of the books a member has.
+
+        Args:
+            member: The member's name.
+        """
+        return sorted(i for i, b in self.books.items() if b["lent_to"] == member)

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - older typer
 from rodscli import __version__, console, records, schemas
 from rodscli.config import field_default, field_help
 from rodscli.envs.bfcl import BFCLTasksOptions
-from rodscli.errors import NotBuiltError, RodsError, ValidationError
+from rodscli.errors import RodsError, ValidationError
 from rodscli.policy.tiny import InitPolicyOptions
 from rodscli.stages import buffer as buffer_stage
 from rodscli.stages import detect as detect_stage
@@ -87,10 +87,6 @@ def provenance(inputs: list[str | Path], **extra: object) -> dict:
     if Globals.command is not None:
         extra.setdefault("command", Globals.command)
     return records.provenance([str(p) for p in inputs], seed=Globals.seed, **extra)
-
-
-def not_built(stage: str, issue: int) -> None:
-    raise NotBuiltError(f"`rods {stage}` is not built in this version of rods yet (tracked in issue #{issue})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,7 +44,3 @@ class OptionError(RodsError):
 
 class BackendError(RodsError):
     """A policy backend could not run (bad checkpoint, server down, out of memory)."""
-
-
-class NotBuiltError(RodsError):
-    """A stage that this version of rods does not implement yet."""

@@ -67,13 +67,8 @@ class CallTrace:
 
 
 def call_owner(episode: Episode, name: str) -> str:
-    """The state owner of a tool: its class in a Python-class episode, else the whole episode."""
-    methods = getattr(episode, "_methods", None)
-    if methods is not None and name in methods:
-        owner = getattr(methods[name], "__self__", None)
-        if owner is not None:
-            return type(owner).__name__
-    return ""
+    """The state owner of a tool: its class in a Python-class episode, else "" (the whole episode)."""
+    return episode.tool_owner(name)
 
 
 def owner_hash(episode: Episode, owner: str) -> str:

@@ -77,3 +77,13 @@ def problems(name: str, record: Any) -> list[tuple[str, str]]:
     if v.is_valid(record):
         return []
     return [(f, e.message) for e in v.iter_errors(record) for f in _fields(e)]
+
+
+# The skill types (BFCL's multi-turn categories) in their order: the task schema's enum is
+# the one list, read here for every stage that groups or checks by skill.
+SKILLS: tuple[str, ...] = tuple(load("task")["properties"]["skill"]["enum"])
+
+
+def skill_order(skill: str) -> tuple[int, str]:
+    """Sort key for skills: the known ones in SKILLS order, then any other by name."""
+    return (SKILLS.index(skill) if skill in SKILLS else len(SKILLS), skill)

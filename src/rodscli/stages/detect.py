@@ -24,13 +24,13 @@ from rich.table import Table
 from rodscli import records
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError, ValidationError
+from rodscli.schemas import SKILLS, skill_order
 
 COLUMNS = {
     "task_id": pl.String, "group_id": pl.String, "reward": pl.Float64, "skill": pl.String,
     "domain": pl.String, "origin": pl.String, "iteration": pl.Int64,
 }
 REQUIRED = ("task_id", "reward", "skill")
-SKILLS = ("base", "miss_func", "miss_param", "long_context")
 ZONES = ("hard", "boundary", "mastered")
 # phi values equal up to float rounding (means 0.4 and 0.6) must tie, so ranking compares rounded phi
 _PHI_DIGITS = 12
@@ -376,7 +376,7 @@ def summary_table(groups: Sequence[dict]) -> Table:
     table = Table(title=f"rods detect: {len(groups)} groups", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("skill", "n", *ZONES, "informative", "selected", "mean"):
         table.add_column(name, justify="left" if name == "skill" else "right", no_wrap=True)
-    skills = sorted({g["skill"] for g in groups}, key=lambda s: (SKILLS.index(s) if s in SKILLS else len(SKILLS), s))
+    skills = sorted({g["skill"] for g in groups}, key=skill_order)
 
     def row(label: str, rows: list[dict]) -> list[str]:
         n = len(rows)

@@ -14,8 +14,7 @@ from typing import Any
 
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
-
-SKILLS = ("base", "miss_func", "miss_param", "long_context")
+from rodscli.schemas import skill_order
 
 
 @dataclass
@@ -112,7 +111,7 @@ def aggregate(task_records: list[dict]) -> list[dict]:
     by_skill: dict[str, list[dict]] = defaultdict(list)
     for t in task_records:
         by_skill[t["skill"]].append(t)
-    out = [_combine("skill", s, s, by_skill[s]) for s in sorted(by_skill, key=lambda s: (SKILLS.index(s) if s in SKILLS else len(SKILLS), s))]
+    out = [_combine("skill", s, s, by_skill[s]) for s in sorted(by_skill, key=skill_order)]
     out.append(_combine("all", "all", None, task_records))
     return [{k: v for k, v in r.items() if v is not None or k in ("task_id", "skill", "domain")} for r in out]
 

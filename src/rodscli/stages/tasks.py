@@ -20,8 +20,9 @@ from rich.table import Table
 from rodscli import console
 from rodscli.config import option
 from rodscli.envs.base import ReferenceTrace, replay_reference
-from rodscli.envs.builtin.seeds import PER_SKILL, SKILLS, seed_tasks
+from rodscli.envs.builtin.seeds import PER_SKILL, seed_tasks
 from rodscli.errors import OptionError, RodsError
+from rodscli.schemas import skill_order
 
 # ---------------------------------------------------------------------------------------
 # rods tasks builtin
@@ -185,13 +186,9 @@ def _count_order(item: tuple) -> tuple:
     return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
 
 
-def _skill_order(skill: str) -> tuple[int, str]:
-    return (SKILLS.index(skill) if skill in SKILLS else len(SKILLS), skill)
-
-
 def stats_tables(stats: dict, title: str = "") -> list[Table]:
     """The counts of `task_stats` as rich tables: domain x skill, then the distributions."""
-    skills = sorted(stats["skill"], key=_skill_order)
+    skills = sorted(stats["skill"], key=skill_order)
     by_domain = Table(title=f"{title}{stats['n_tasks']} tasks by domain and skill", title_justify="left",
                       box=box.SIMPLE_HEAD, pad_edge=False)
     by_domain.add_column("domain", no_wrap=True)

@@ -27,8 +27,8 @@ import orjson
 
 from rodscli.envs.builtin import DOMAINS, domain_tools, new_episode
 from rodscli.envs.pyclass import ClassEpisode
+from rodscli.schemas import SKILLS
 
-SKILLS = ("base", "miss_func", "miss_param", "long_context")
 PER_SKILL = 60  # default tasks per domain and skill: 2 domains x 4 skills x 60 = 480 seeds
 MAX_TURNS = 5
 MAX_CALLS = 8
