@@ -28,6 +28,7 @@ import orjson
 
 from rodscli.config import option
 from rodscli.envs.base import Environment, Episode
+from rodscli.envs.isolation import Private
 from rodscli.envs.pyclass import ClassEpisode
 from rodscli.errors import InputError, OptionError
 from rodscli.profile import compute_profile
@@ -406,10 +407,14 @@ class BFCLEpisode(ClassEpisode):
     """
 
     initial_states: dict[str, bytes] | None = None
+    _private: Private | None = None  # this episode's copies of state kept outside the instances
 
     def invoke(self, name: str, arguments: dict) -> Any:
         self.initial_states = None
-        return super().invoke(name, arguments)
+        if self._private is None:
+            self._private = Private()
+        with self._private.calling(type(self._methods[name].__self__), name):
+            return super().invoke(name, arguments)
 
     def snapshot(self) -> dict:
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
@@ -434,7 +439,7 @@ class BFCLEnvironment(Environment):
         for name in classes:
             cls = simulator_class(name)
             if name in STATELESS_CLASSES:
-                instances[name] = cls()
+                instances[name] = Private().run(cls, "__init__", cls)
                 continue
             obj = cls.__new__(cls)
             blob, stable = _loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)
@@ -541,14 +546,16 @@ def _loaded_state(name: str, config: bytes, long_context: bool) -> tuple[bytes, 
 
     Loading runs BFCL's `_load_scenario` (deep copies of default states, random generators
     seeded, long-context extras attached from module-level data by reference) once per
-    distinct initial state; every episode unpickles its own private copy of the whole
-    object graph, so no episode's writes reach another or the module-level data.
+    distinct initial state, on private copies of the state outside the instance (see
+    envs.isolation); every episode unpickles its own private copy of the whole object
+    graph, so no episode's writes reach another or the module-level data.
     """
     key = (name, config, long_context)
     known = _LOADED.get(key)
     if known is None:
-        obj = simulator_class(name)()
-        obj._load_scenario(orjson.loads(config), long_context=long_context)
+        cls, private = simulator_class(name), Private()
+        obj = private.run(cls, "__init__", cls)
+        private.run(cls, "_load_scenario", lambda: obj._load_scenario(orjson.loads(config), long_context=long_context))
         for attr, value in vars(obj).items():
             if type(value) is random.Random:
                 vars(obj)[attr] = TrackedRandom.copy_of(value)
