@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from rodscli.config import option
-from rodscli.envs.base import Environment, Episode
+from rodscli.envs.base import Environment, Episode, numbers_by_value
 from rodscli.envs.isolation import Private
 from rodscli.envs.pyclass import ClassEpisode
 from rodscli.errors import InputError, OptionError
@@ -262,7 +262,8 @@ def convert_entry(entry: dict, ground_truth: list[list[str]], category: str) -> 
         "system_prompt": None,
         "user_turns": user_turns,
         "initial_state": entry.get("initial_config") or {},
-        "env_config": {"involved_classes": classes, "long_context": category == "long_context"},
+        # BFCL calls the simulator whatever the argument types (see BFCLEnvironment)
+        "env_config": {"involved_classes": classes, "long_context": category == "long_context", "check_arguments": False},
         "tools": [t["function"]["name"] for t in tools],
         "withheld": withheld,
         "reference": reference,
@@ -378,7 +379,7 @@ def _state(value: Any) -> Any:
     if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is dict:  # the common case first: plain values are kept as they are
-        return {k if type(k) is str else str(k): v if type(v) in _PLAIN else _state(v) for k, v in value.items()}
+        return {k if type(k) is str else _key(k): v if type(v) in _PLAIN else _state(v) for k, v in value.items()}
     if kind is list:
         return [v if type(v) in _PLAIN else _state(v) for v in value]
     if isinstance(value, bool | int | str):
@@ -386,7 +387,7 @@ def _state(value: Any) -> Any:
     if isinstance(value, float):
         return value if value == value else "NaN"
     if isinstance(value, dict):
-        return {str(k): _state(v) for k, v in value.items()}
+        return {_key(k): _state(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_state(v) for v in value]
     if isinstance(value, set | frozenset):
@@ -398,6 +399,11 @@ def _state(value: Any) -> Any:
             **{k: _state(v) for k, v in sorted(attrs.items()) if not k.startswith("_") and k != "parent"}}
 
 
+def _key(key: Any) -> str:
+    """A dict key as text; keys equal under `==` (1, 1.0, True) give the same text."""
+    return key if type(key) is str else str(numbers_by_value(key))
+
+
 class BFCLEpisode(ClassEpisode):
     """BFCL simulator instances; the snapshot is each class's public attributes.
 
@@ -407,6 +413,7 @@ class BFCLEpisode(ClassEpisode):
     """
 
     initial_states: dict[str, bytes] | None = None
+    refuses_withheld = False  # BFCL executes a call to a withheld function (it is only undocumented)
     _private: Private | None = None  # this episode's copies of state kept outside the instances
 
     def invoke(self, name: str, arguments: dict) -> Any:
@@ -423,7 +430,15 @@ class BFCLEpisode(ClassEpisode):
 
 class BFCLEnvironment(Environment):
     """Runs BFCL tasks. Task fields used: env_config.involved_classes, env_config.long_context,
-    initial_state (BFCL's initial_config keyed by class name)."""
+    env_config.check_arguments, initial_state (BFCL's initial_config keyed by class name).
+
+    Arguments are not checked against the tool schemas (env_config.check_arguments false,
+    the default here): as in BFCL's checker, the method is called with them and its own
+    exception (a TypeError for a missing or unknown argument, whatever the simulator
+    raises on a wrong type) is the tool error; `logarithm(value='20')` runs, as in BFCL.
+    A withheld tool is not offered (its schema is not shown) until its turn, but a call to
+    it runs, as BFCL's checker runs any method of the task's classes.
+    """
 
     family = "bfcl"
 
@@ -434,6 +449,7 @@ class BFCLEnvironment(Environment):
             raise InputError("BFCL task needs env_config.involved_classes", where=task.get("id"),
                              field="env_config.involved_classes")
         long_context = bool(cfg.get("long_context", False))
+        checks_arguments = bool(cfg.get("check_arguments", False))
         initial = task.get("initial_state") or {}
         instances, loaded = {}, {}
         for name in classes:
@@ -451,6 +467,7 @@ class BFCLEnvironment(Environment):
         known = _EPISODE_TOOLS.get(key)
         episode = BFCLEpisode(instances, known.tools if known is not None else tools_for(classes))
         episode.initial_states = loaded
+        episode.checks_arguments = checks_arguments
         if known is None:  # the tools, tool index and compiled checks of this class combination, once
             known = _EPISODE_TOOLS[key] = _ClassTools(tuple(episode.tools()), episode.tool_index(), episode.argument_checks())
         episode._tool_index, episode._argument_checks = known.index, known.checks  # read only, shared
