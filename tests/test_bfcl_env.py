@@ -13,8 +13,8 @@ from rodscli.cli import main
 from rodscli.envs import bfcl
 from rodscli.envs.base import (
     BAD_ARGUMENTS,
+    TOOL_ERROR,
     UNKNOWN_TOOL,
-    WITHHELD,
     check_arguments,
     offered_tools,
     open_episode,
@@ -54,12 +54,16 @@ def test_conversion_of_a_miss_func_entry(tasks):
     assert t["reference"][3] == [{"name": "sort", "arguments": {"file_name": "final_report.pdf"}}]
     assert t["withheld"] == [{"tool": "sort", "turn": 3}]
     assert t["user_turns"][3] == bfcl.ADDED_FUNCTIONS_PROMPT  # BFCL's holdout turn has no user text
-    assert t["env_config"] == {"involved_classes": ["TwitterAPI", "GorillaFileSystem"], "long_context": False}
+    assert t["env_config"] == {"involved_classes": ["TwitterAPI", "GorillaFileSystem"], "long_context": False,
+                               "check_arguments": False}
     assert t["meta"]["bfcl_id"] == "multi_turn_miss_func_0"
     with open_episode(t) as ep:
         assert "sort" not in {tool_name(s) for s in offered_tools(t, ep, 2)}
         assert "sort" in {tool_name(s) for s in offered_tools(t, ep, 3)}
-        assert ep.call("sort", {"file_name": "x"}, {tool_name(s) for s in offered_tools(t, ep, 2)}).error == WITHHELD
+        # not offered before turn 3, but BFCL's checker executes a call to it: so does rods
+        out = ep.call("sort", {"file_name": "x"}, {tool_name(s) for s in offered_tools(t, ep, 2)})
+        assert out.error is None and out.result != "Error: tool 'sort' is not available"
+        assert not ep.refuses_withheld
 
 
 def test_tool_released_too_late_is_not_withheld(tasks):
@@ -149,8 +153,8 @@ def test_code_in_a_call_executes_nothing(tasks, tmp_path):
         assert ep.call("cd", f"__import__('os').system('touch {marker}')").error == BAD_ARGUMENTS
         out = ep.call("cd", {"folder": f"__import__('os').system('touch {marker}')"})
         assert out.error is None and "error" in out.result  # just a folder name that does not exist
-        out = ep.call("cd", {"folder": "document", "x": 1})
-        assert out.error == BAD_ARGUMENTS
+        out = ep.call("cd", {"folder": "document", "x": 1})  # BFCL does not check arguments: the method refuses it
+        assert out.error == TOOL_ERROR and "unexpected keyword argument" in out.result
         assert state_hash(ep.snapshot()) == before
     assert not marker.exists()
 
@@ -300,3 +304,40 @@ def test_fresh_episode_knows_the_bytes_of_its_initial_state(tasks):
         c = t["reference"][0][0]
         ep.call(c["name"], c["arguments"])
         assert ep.initial_states is None  # a call may have changed any of them
+
+
+def test_bfcl_calls_the_simulator_whatever_the_argument_types(tasks):
+    """As BFCL's checker does: no schema check before the call; the simulator's own exception
+    is the tool error. A task may turn the schema check on (env_config.check_arguments)."""
+    t = next(t for t in tasks if "MathAPI" in t["env_config"]["involved_classes"])
+    with open_episode(t) as ep:
+        assert not ep.checks_arguments
+        out = ep.call("logarithm", {"value": "20", "base": 10, "precision": 5})
+        assert out.error is None and "1.30" in out.result  # BFCL's simulator accepts the string
+        assert ep.call("logarithm", {"value": 20}).error == TOOL_ERROR  # a missing argument: its TypeError
+        assert ep.call("logarithm", ["20"]).error == BAD_ARGUMENTS  # not keyword arguments at all
+    checked = dict(t, env_config=dict(t["env_config"], check_arguments=True))
+    with open_episode(checked) as ep:
+        assert ep.checks_arguments
+        assert ep.call("logarithm", {"value": "20", "base": 10, "precision": 5}).error == BAD_ARGUMENTS
+
+
+def test_numbers_compare_by_value_in_state_hashes(tasks):
+    """BFCL compares states with `==`: the state after purchase_insurance(1500) and after
+    purchase_insurance(1500.0) is the same state, and hashes the same."""
+    t = next(t for t in tasks if any(c["name"] == "purchase_insurance" for turn in t["reference"] for c in turn))
+    calls = [c for turn in t["reference"] for c in turn]
+    k = next(i for i, c in enumerate(calls) if c["name"] == "purchase_insurance")
+    hashes = []
+    for cast in (int, float):
+        with open_episode(t) as ep:
+            for i, c in enumerate(calls[: k + 1]):
+                args = dict(c["arguments"])
+                if i == k:
+                    args["insurance_cost"] = cast(args["insurance_cost"])
+                assert ep.call(c["name"], args).ok
+            hashes.append(ep.snapshot_hash())
+            assert state_hash(ep.snapshot()) == hashes[-1]
+    assert hashes[0] == hashes[1]
+    assert state_hash({"a": 6500, "b": [1, True], 2: "x"}) == state_hash({"a": 6500.0, "b": [1.0, 1], 2.0: "x"})
+    assert state_hash({"a": 6500.5}) != state_hash({"a": 6500})

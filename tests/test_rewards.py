@@ -7,7 +7,7 @@ import pytest
 from rodscli import rewards
 from rodscli.envs.base import BAD_ARGUMENTS, PARSE_ERROR, TOOL_ERROR, UNKNOWN_TOOL, ReferenceTrace
 from rodscli.errors import OptionError
-from rodscli.stages.score import ScoreConfig, parse_weights, reward_name
+from rodscli.stages.score import ScoreConfig, parse_weights, reward_name, score
 
 # three user turns: two reference calls, then one, then none (the agent should ask)
 REFERENCE = [
@@ -48,7 +48,7 @@ def test_state_mismatch_fails_the_turn():
 def test_results_are_a_multiset_obtained_so_far():
     # 'B' obtained in turn 0 counts for turn 1; turn 1's own call may then be anything
     early = [call(0, "find", "A"), call(0, "move", "moved"), call(0, "find", "B")]
-    assert scores(early) == [1, 1, 1]
+    assert scores(early + [call(1, "find", "A")]) == [1, 1, 1]
     # a result obtained only in a later turn does not count for an earlier one
     late = [call(0, "move", "moved"), call(1, "find", "A"), call(1, "find", "B")]
     assert scores(late) == [0, 1, 1]
@@ -59,10 +59,36 @@ def test_results_are_a_multiset_obtained_so_far():
     assert rewards.turn_scores([call(0, "f", "x"), call(0, "f", "x")], ref, trace, ["h"], 1) == [1]
 
 
+def test_a_turn_whose_reference_makes_calls_fails_without_a_call():
+    # BFCL's empty_turn_model_response: results obtained in earlier turns do not excuse it
+    early = [call(0, "find", "A"), call(0, "move", "moved"), call(0, "find", "B")]
+    assert scores(early) == [1, 0, 1]
+    # a call that could not be parsed is no call (BFCL's decoder drops it)
+    unparseable = {**call(1, None, None, PARSE_ERROR), "arguments": None, "raw": "<tool_call>{oops"}
+    assert scores(early + [unparseable]) == [1, 0, 1]
+    # any parsed call counts, even one that failed
+    assert scores(early + [call(1, "nope", "Error: unknown tool 'nope'", UNKNOWN_TOOL)]) == [1, 1, 1]
+
+
 def test_empty_reference_turn_passes_only_without_a_call():
     assert scores(PERFECT + [call(2, "find", "B")]) == [1, 1, 0]
     unparseable = {**call(2, None, None, PARSE_ERROR), "arguments": None, "raw": "<tool_call>{oops"}
-    assert scores(PERFECT + [unparseable]) == [1, 1, 0]
+    assert scores(PERFECT + [unparseable]) == [1, 1, 1]  # no call: BFCL's decoder drops it
+
+
+def test_official_irrelevance_rule_does_not_check_an_empty_reference_turn():
+    def official(calls, hashes=("s1", "s2", "s2")):
+        return rewards.turn_scores(calls, REFERENCE, TRACE, list(hashes), 3, "official")
+
+    assert official(PERFECT) == [1, 1, 1]
+    assert official(PERFECT + [call(2, "find", "B")]) == [1, 1, 1]
+    assert official(PERFECT, hashes=("s1", "s2", "sX")) == [1, 1, 1]  # its state is not checked either
+    assert official(PERFECT, hashes=("s1", "sX", "s2")) == [1, 0, 1]  # the other turns are as in v3
+    assert rewards.turn_scores(PERFECT, REFERENCE, TRACE, ["s1", "s2"], 2, "official") == [1, 1, 0]  # not reached
+    with pytest.raises(ValueError):
+        rewards.turn_scores(PERFECT, REFERENCE, TRACE, ["s1", "s2", "s2"], 3, "v4")
+    with pytest.raises(OptionError):
+        list(score([], [], ScoreConfig(irrelevance="v4")))
 
 
 def test_unreached_turns_score_zero():

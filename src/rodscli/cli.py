@@ -305,19 +305,20 @@ _Score, _Detect = score_stage.ScoreConfig, detect_stage.DetectConfig
 @app.command()
 def score(
     rollouts: str = typer.Option(..., "--rollouts", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdin)."),
-    tasks: str = typer.Option(..., "--tasks", help="The tasks the rollouts were made from (.jsonl or .parquet)."),
+    tasks: list[str] = typer.Option(..., "--tasks", help="The tasks the rollouts were made from (.jsonl or .parquet); repeat it for several files (e.g. train and test)."),
     out: str = typer.Option(..., "--out", "-o", help="Scored rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
     reward: str = typer.Option(field_default(_Score, "reward"), "--reward", help=field_help(_Score, "reward")),
+    irrelevance: str = typer.Option(field_default(_Score, "irrelevance"), "--irrelevance", help=field_help(_Score, "irrelevance")),
     weights: str = typer.Option(field_default(_Score, "weights"), "--weights", help=field_help(_Score, "weights")),
     alpha: float = typer.Option(field_default(_Score, "alpha"), "--alpha", help=field_help(_Score, "alpha")),
     beta: float = typer.Option(field_default(_Score, "beta"), "--beta", help=field_help(_Score, "beta")),
     cache: bool = typer.Option(field_default(_Score, "cache"), "--cache/--no-cache", help=field_help(_Score, "cache")),
 ) -> None:
     """Score rollouts: per-turn pass, progress and outcome rewards, and every PROVE component."""
-    if tasks == "-":
+    if "-" in tasks:
         raise RodsError("--tasks cannot be stdin: give a file", field="--tasks")
-    cfg = _Score(reward=reward, weights=weights, alpha=alpha, beta=beta, cache=cache)
-    task_list = records.read_all(tasks, "task", Globals.validate)
+    cfg = _Score(reward=reward, weights=weights, alpha=alpha, beta=beta, cache=cache, irrelevance=irrelevance)
+    task_list = score_stage.merge_tasks({path: records.read_all(path, "task", Globals.validate) for path in tasks})
     rows = console.progress(records.read_records(rollouts, "rollout", Globals.validate), "score")
     totals = {"n": 0, "progress": 0.0, "outcome": 0.0}
 
@@ -329,7 +330,7 @@ def score(
             yield s
 
     records.write_records(out, counted(score_stage.score(rows, task_list, cfg)), "scored",
-                          provenance_info=provenance([rollouts, tasks], reward=reward, weights=weights),
+                          provenance_info=provenance([rollouts, *tasks], reward=reward, weights=weights, irrelevance=irrelevance),
                           validate=Globals.validate)
     n = max(totals["n"], 1)
     console.info(f"scored {totals['n']} rollouts: mean progress {totals['progress'] / n:.3f}, "

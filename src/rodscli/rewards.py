@@ -28,21 +28,36 @@ from rodscli.envs.base import PARSE_ERROR, ReferenceTrace, type_matches
 # progress and outcome (RODS)
 
 
+IRRELEVANCE_RULES = ("v3", "official")
+
+
 def turn_scores(
     calls: Sequence[dict],
     reference: Sequence[Sequence[dict]],
     trace: ReferenceTrace,
     turn_state_hashes: Sequence[str],
     n_turns_reached: int,
+    irrelevance: str = "v3",
 ) -> list[int]:
-    """Per user turn t: 1 when the state after t equals the reference state after turns
-    1..t AND every reference result of t is among the results the agent obtained in turns
-    <= t (a multiset inclusion); an empty reference turn also needs no call in it.
-    A turn never reached scores 0."""
+    """Per user turn t, BFCL's multi-turn check:
+    - a turn whose reference makes calls passes when the agent made at least one call in
+      it (BFCL's empty_turn_model_response), the state after t equals the reference state
+      after turns 1..t, and every reference result of t is among the results the agent
+      obtained in turns <= t (a multiset inclusion);
+    - a turn whose reference is empty: with irrelevance 'v3' (BFCL v3, the paper's
+      setting) it passes when the agent made no call in it and the state is the
+      reference's; with 'official' (bfcl-eval 2026) it is not checked: it passes.
+    A call is one that was parsed (an unparseable one is dropped, as BFCL's decoder drops
+    it). A turn never reached scores 0."""
+    if irrelevance not in IRRELEVANCE_RULES:
+        raise ValueError(f"irrelevance rule must be one of {IRRELEVANCE_RULES}, got {irrelevance!r}")
     obtained: Counter[str] = Counter()
+    made: set[int] = set()  # turns with a parsed call
     by_turn: dict[int, list[dict]] = {}
     for call in calls:
         by_turn.setdefault(call["turn"], []).append(call)
+        if call.get("name") is not None:
+            made.add(call["turn"])
     scores = []
     for t, ref_calls in enumerate(reference):
         # results obtained so far include this turn's: earlier turns' calls count for later turns
@@ -52,10 +67,16 @@ def turn_scores(
         if t >= n_turns_reached or t >= len(turn_state_hashes):
             scores.append(0)
             continue
-        state_ok = turn_state_hashes[t] == trace.state_hashes[t]
         if not ref_calls:
-            scores.append(int(state_ok and not by_turn.get(t)))
+            if irrelevance == "official":
+                scores.append(1)
+            else:
+                scores.append(int(t not in made and turn_state_hashes[t] == trace.state_hashes[t]))
             continue
+        if t not in made:
+            scores.append(0)
+            continue
+        state_ok = turn_state_hashes[t] == trace.state_hashes[t]
         needed = Counter(trace.results[t])
         results_ok = all(obtained[r] >= k for r, k in needed.items())
         scores.append(int(state_ok and results_ok))

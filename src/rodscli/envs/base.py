@@ -63,9 +63,41 @@ def format_result(value: Any) -> str:
 
 
 def state_hash(snapshot: Any) -> str:
-    """A stable hash of a public-state snapshot: equal states give equal hashes."""
-    blob = orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    """A stable hash of a public-state snapshot: states equal under Python's `==` give equal
+    hashes, so numbers count by value (6500 and 6500.0, 1 and True), as BFCL's checker
+    compares them."""
+    blob = orjson.dumps(numbers_by_value(snapshot), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def numbers_by_value(value: Any) -> Any:
+    """JSON data with every number that equals an integer written as that integer (floats
+    like 6500.0, and booleans, which Python's `==` counts as 0 and 1), keys included. Data
+    without such numbers comes back as the same objects."""
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is bool:
+        return int(value)
+    if kind is dict:
+        out = None
+        for k, v in value.items():
+            k2, v2 = numbers_by_value(k), numbers_by_value(v)
+            if out is None and (k2 is not k or v2 is not v):
+                out = {}
+                for k0, v0 in value.items():  # the items before this one were unchanged
+                    if k0 is k:
+                        break
+                    out[k0] = v0
+            if out is not None:
+                out[k2] = v2
+        return value if out is None else out
+    if kind is list or kind is tuple:
+        items = [numbers_by_value(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
 
 
 def type_matches(value: Any, json_type: str | list[str] | None) -> bool:
@@ -158,6 +190,13 @@ class Episode(ABC):
     """
 
     failed: bool = False
+    # Whether `call` checks arguments against the tool schema before invoking (bad_arguments).
+    # True for the families that define their schemas (built-in, pyclass, MCP); BFCL sets it
+    # from its task's env_config.check_arguments (false: the call runs, as in BFCL's checker).
+    checks_arguments: bool = True
+    # Whether `call` refuses a tool not offered yet (withheld) with the error 'withheld'. BFCL
+    # sets it False: its checker executes any method of the task's classes, offered or not.
+    refuses_withheld: bool = True
     _argument_checks: dict[str, ArgumentCheck] | None = None  # built on the first call
 
     @abstractmethod
@@ -241,9 +280,11 @@ class Episode(ABC):
         checks = self._argument_checks or self.argument_checks()
         if not isinstance(name, str) or name not in checks:
             return CallOutcome(f"Error: unknown tool {name!r}", UNKNOWN_TOOL)
-        if offered is not None and name not in offered:
+        if offered is not None and name not in offered and self.refuses_withheld:
             return CallOutcome(f"Error: tool {name!r} is not available", WITHHELD)
-        problem = checks[name].problem(arguments)
+        if not isinstance(arguments, dict):
+            return CallOutcome(f"Error: arguments must be a JSON object, got {type(arguments).__name__}", BAD_ARGUMENTS)
+        problem = checks[name].problem(arguments) if self.checks_arguments else None
         if problem:
             return CallOutcome(f"Error: {problem}", BAD_ARGUMENTS)
         try:

@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from rodscli.config import option
-from rodscli.envs.base import Environment, Episode
+from rodscli.envs.base import Environment, Episode, numbers_by_value
+from rodscli.envs.isolation import Private
 from rodscli.envs.pyclass import ClassEpisode
 from rodscli.errors import InputError, OptionError
 from rodscli.profile import compute_profile
@@ -261,7 +262,8 @@ def convert_entry(entry: dict, ground_truth: list[list[str]], category: str) -> 
         "system_prompt": None,
         "user_turns": user_turns,
         "initial_state": entry.get("initial_config") or {},
-        "env_config": {"involved_classes": classes, "long_context": category == "long_context"},
+        # BFCL calls the simulator whatever the argument types (see BFCLEnvironment)
+        "env_config": {"involved_classes": classes, "long_context": category == "long_context", "check_arguments": False},
         "tools": [t["function"]["name"] for t in tools],
         "withheld": withheld,
         "reference": reference,
@@ -377,7 +379,7 @@ def _state(value: Any) -> Any:
     if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is dict:  # the common case first: plain values are kept as they are
-        return {k if type(k) is str else str(k): v if type(v) in _PLAIN else _state(v) for k, v in value.items()}
+        return {k if type(k) is str else _key(k): v if type(v) in _PLAIN else _state(v) for k, v in value.items()}
     if kind is list:
         return [v if type(v) in _PLAIN else _state(v) for v in value]
     if isinstance(value, bool | int | str):
@@ -385,7 +387,7 @@ def _state(value: Any) -> Any:
     if isinstance(value, float):
         return value if value == value else "NaN"
     if isinstance(value, dict):
-        return {str(k): _state(v) for k, v in value.items()}
+        return {_key(k): _state(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_state(v) for v in value]
     if isinstance(value, set | frozenset):
@@ -397,6 +399,11 @@ def _state(value: Any) -> Any:
             **{k: _state(v) for k, v in sorted(attrs.items()) if not k.startswith("_") and k != "parent"}}
 
 
+def _key(key: Any) -> str:
+    """A dict key as text; keys equal under `==` (1, 1.0, True) give the same text."""
+    return key if type(key) is str else str(numbers_by_value(key))
+
+
 class BFCLEpisode(ClassEpisode):
     """BFCL simulator instances; the snapshot is each class's public attributes.
 
@@ -406,10 +413,15 @@ class BFCLEpisode(ClassEpisode):
     """
 
     initial_states: dict[str, bytes] | None = None
+    refuses_withheld = False  # BFCL executes a call to a withheld function (it is only undocumented)
+    _private: Private | None = None  # this episode's copies of state kept outside the instances
 
     def invoke(self, name: str, arguments: dict) -> Any:
         self.initial_states = None
-        return super().invoke(name, arguments)
+        if self._private is None:
+            self._private = Private()
+        with self._private.calling(type(self._methods[name].__self__), name):
+            return super().invoke(name, arguments)
 
     def snapshot(self) -> dict:
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
@@ -428,7 +440,15 @@ class BFCLEpisode(ClassEpisode):
 
 class BFCLEnvironment(Environment):
     """Runs BFCL tasks. Task fields used: env_config.involved_classes, env_config.long_context,
-    initial_state (BFCL's initial_config keyed by class name)."""
+    env_config.check_arguments, initial_state (BFCL's initial_config keyed by class name).
+
+    Arguments are not checked against the tool schemas (env_config.check_arguments false,
+    the default here): as in BFCL's checker, the method is called with them and its own
+    exception (a TypeError for a missing or unknown argument, whatever the simulator
+    raises on a wrong type) is the tool error; `logarithm(value='20')` runs, as in BFCL.
+    A withheld tool is not offered (its schema is not shown) until its turn, but a call to
+    it runs, as BFCL's checker runs any method of the task's classes.
+    """
 
     family = "bfcl"
 
@@ -439,12 +459,13 @@ class BFCLEnvironment(Environment):
             raise InputError("BFCL task needs env_config.involved_classes", where=task.get("id"),
                              field="env_config.involved_classes")
         long_context = bool(cfg.get("long_context", False))
+        checks_arguments = bool(cfg.get("check_arguments", False))
         initial = task.get("initial_state") or {}
         instances, loaded = {}, {}
         for name in classes:
             cls = simulator_class(name)
             if name in STATELESS_CLASSES:
-                instances[name] = cls()
+                instances[name] = Private().run(cls, "__init__", cls)
                 continue
             obj = cls.__new__(cls)
             blob, stable = _loaded_state(name, orjson.dumps(initial.get(name, {})), long_context)
@@ -456,6 +477,7 @@ class BFCLEnvironment(Environment):
         known = _EPISODE_TOOLS.get(key)
         episode = BFCLEpisode(instances, known.tools if known is not None else tools_for(classes))
         episode.initial_states = loaded
+        episode.checks_arguments = checks_arguments
         if known is None:  # the tools, tool index and compiled checks of this class combination, once
             known = _EPISODE_TOOLS[key] = _ClassTools(tuple(episode.tools()), episode.tool_index(), episode.argument_checks())
         episode._tool_index, episode._argument_checks = known.index, known.checks  # read only, shared
@@ -551,14 +573,16 @@ def _loaded_state(name: str, config: bytes, long_context: bool) -> tuple[bytes, 
 
     Loading runs BFCL's `_load_scenario` (deep copies of default states, random generators
     seeded, long-context extras attached from module-level data by reference) once per
-    distinct initial state; every episode unpickles its own private copy of the whole
-    object graph, so no episode's writes reach another or the module-level data.
+    distinct initial state, on private copies of the state outside the instance (see
+    envs.isolation); every episode unpickles its own private copy of the whole object
+    graph, so no episode's writes reach another or the module-level data.
     """
     key = (name, config, long_context)
     known = _LOADED.get(key)
     if known is None:
-        obj = simulator_class(name)()
-        obj._load_scenario(orjson.loads(config), long_context=long_context)
+        cls, private = simulator_class(name), Private()
+        obj = private.run(cls, "__init__", cls)
+        private.run(cls, "_load_scenario", lambda: obj._load_scenario(orjson.loads(config), long_context=long_context))
         for attr, value in vars(obj).items():
             if type(value) is random.Random:
                 vars(obj)[attr] = TrackedRandom.copy_of(value)

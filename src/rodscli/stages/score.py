@@ -38,6 +38,7 @@ class ScoreConfig:
     weights: str = option("", help="PROVE weights as name=value pairs, e.g. 'coverage=0.5,validity=0.1'. Names: validity, coverage, name_precision, arg_accuracy, efficiency, format_penalty, progress, outcome. Unnamed ones keep their defaults (0.2, 0.4, 0.2, 0.2, 1, 1, 0, 0).")
     alpha: float = option(0.5, help="Scale alpha of the efficiency penalty -alpha*max(0, n_calls - B)/B.")
     beta: float = option(0.5, help="Budget slack beta of the efficiency penalty: B = n_ref + ceil(beta*n_ref).")
+    irrelevance: str = option("v3", help="A call in a turn whose reference is empty: v3 (default, BFCL v3 and the paper) fails the turn; official (the bfcl-eval 2026 checker) does not check such a turn. See docs/bfcl-reward.md.")
     cache: bool = option(True, help="Replay each task's reference once for all its rollouts; --no-cache replays it per rollout (for benchmarks).")
 
 
@@ -110,7 +111,8 @@ def score_rollout(rollout: dict, task: dict, ref: TaskReference, cfg: ScoreConfi
             where=rollout["rollout_id"], field="n_user_turns",
         )
     calls = rollout["calls"]
-    scores = rewards.turn_scores(calls, task["reference"], ref.trace, rollout["turn_state_hashes"], rollout["n_turns_reached"])
+    scores = rewards.turn_scores(calls, task["reference"], ref.trace, rollout["turn_state_hashes"],
+                                 rollout["n_turns_reached"], cfg.irrelevance)
     n_ref = len(ref.flat)
     matches = rewards.match_reference(ref.flat, calls, ref.parents)
     components = {
@@ -139,11 +141,28 @@ def score_rollout(rollout: dict, task: dict, ref: TaskReference, cfg: ScoreConfi
     }
 
 
+def merge_tasks(files: Mapping[str, list[dict]]) -> dict[str, dict]:
+    """The tasks of several files by id (train and test together). One id in two files is
+    allowed when both records are the same task; otherwise it is an InputError."""
+    merged: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+    for path, tasks in files.items():
+        for line, task in enumerate(tasks, 1):
+            known = merged.get(task["id"])
+            if known is not None and known != task:
+                raise InputError(f"task {task['id']!r} differs from the one in {origin[task['id']]}",
+                                 where=f"{path}:{line}", field="id")
+            merged[task["id"]], origin[task["id"]] = task, path
+    return merged
+
+
 def score(rollouts: Iterable[dict], tasks: Mapping[str, dict] | Iterable[dict], cfg: ScoreConfig | None = None) -> Iterator[dict]:
     """Score rollouts one by one (streaming). `tasks` maps task id -> task (or is a list)."""
     cfg = cfg or ScoreConfig()
     if cfg.reward not in REWARDS:
         raise OptionError(f"--reward must be one of {', '.join(REWARDS)}, got {cfg.reward!r}")
+    if cfg.irrelevance not in rewards.IRRELEVANCE_RULES:
+        raise OptionError(f"--irrelevance must be one of {', '.join(rewards.IRRELEVANCE_RULES)}, got {cfg.irrelevance!r}")
     weights = parse_weights(cfg.weights)
     by_id = tasks if isinstance(tasks, Mapping) else {t["id"]: t for t in tasks}
     cache: dict[str, TaskReference] = {}
