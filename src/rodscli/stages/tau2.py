@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from rodscli import console
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
 
@@ -69,6 +70,7 @@ class Tau2TasksOptions:
 
     domain: str = option("airline", help="tau2 domain: airline (50 tasks), retail (114) or telecom (user-side actions: mostly left out).")
     split: str | None = option(None, help="tau2's task split (airline/retail: train, test, base; telecom also small, full); default: base, all of a domain's tasks.")
+    profile: bool = option(True, help="Compute each task's complexity profile Phi (replays the reference call by call).")
 
 
 @dataclass
@@ -194,4 +196,9 @@ def tau2_tasks(opts: Tau2TasksOptions) -> Tau2Tasks:
             "meta": {"source": "tau2", "tau2_domain": opts.domain, "tau2_split": split, "tau2_id": str(task.id),
                      "reference_tools": names},
         })
+    if opts.profile:
+        from rodscli.profile import compute_profile
+
+        for task in console.progress(out.tasks, "profiles"):
+            task["profile"] = compute_profile(task)
     return out
