@@ -18,7 +18,7 @@ from rodscli.envs.builtin import seed_tasks
 from rodscli.errors import BackendError
 from rodscli.policy.base import Backend, Generation, Request, load_tokenizer
 from rodscli.policy.chat import ChatFormat, format_tool_call
-from rodscli.stages.rollout import RolloutOptions, load_backend, rollout
+from rodscli.stages.rollout import RolloutOptions, iter_rollouts, load_backend, rollout
 
 # short replies keep the CPU run quick; every episode still takes several turns
 FAST = ["--max-new-tokens", "12", "--batch-size", "80", "--temperature", "1.0"]
@@ -275,3 +275,34 @@ class Failing(Scripted):
 def test_a_backend_failing_mid_run_raises(fmt):
     with pytest.raises(BackendError, match="went away"):
         rollout(twenty_tasks()[:2], Failing(fmt.tokenizer, [format_tool_call("nope", {})]), RolloutOptions(group_size=1, batch_size=1))
+
+
+def test_a_prompt_that_leaves_no_room_warns_once_per_task(fmt):
+    task = twenty_tasks()[0]
+    (first,) = rollout([task], Scripted(fmt.tokenizer, ["Done."]), RolloutOptions(group_size=1))
+    prompt = first["loss_mask"].index(1)
+    warnings: list[str] = []
+    # no room at all: the episodes end max_tokens with no model token, and say why once
+    opts = RolloutOptions(group_size=3, max_tokens=prompt, max_new_tokens=64)
+    recs = list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, on_warning=warnings.append))
+    assert [r["finish_reason"] for r in recs] == ["max_tokens"] * 3 and all(r["n_model_tokens"] == 0 for r in recs)
+    assert len(warnings) == 1
+    assert f"is {prompt} tokens" in warnings[0] and "leaves no room" in warnings[0]
+    assert f"at least {prompt + len(fmt.eot_ids) + 64}" in warnings[0]
+    # some room, less than --max-new-tokens: a warning, and the replies run
+    opts = RolloutOptions(group_size=1, max_tokens=prompt + 20, max_new_tokens=64)
+    warnings.clear()
+    (rec,) = iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, on_warning=warnings.append)
+    assert rec["n_model_tokens"] > 0 and len(warnings) == 1 and "fewer than --max-new-tokens 64" in warnings[0]
+    warnings.clear()
+    list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), RolloutOptions(group_size=1), on_warning=warnings.append))
+    assert warnings == []
+
+
+def test_the_prompt_room_warning_reaches_the_cli(tiny_policy, task_file, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["rollout", "--policy", str(tiny_policy), "--tasks", str(task_file), "--group-size", "1",
+                 "--max-tokens", "40", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "leaves no room for a reply" in err
+    assert all(r["finish_reason"] == "max_tokens" and r["n_model_tokens"] == 0 for r in records.read_all(str(out), "rollout"))

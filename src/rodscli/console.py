@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,6 +34,12 @@ LOG_EVERY_S = float(os.environ.get("RODS_PROGRESS_EVERY", "30"))
 def info(message: str) -> None:
     if VERBOSITY >= 1:
         console.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (shown unless --quiet)."""
+    if VERBOSITY >= 1:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def debug(message: str) -> None:

@@ -78,6 +78,9 @@ def owner_hash(episode: Episode, owner: str) -> str:
     moves it sets up the state the next call needs. Pickle handles the simulators'
     parent links (cycles) and is fast; anything unpicklable falls back to the snapshot.
     """
+    digest = getattr(episode, "owner_digest", None)  # copy-on-write state: pickling it would copy it all
+    if owner and digest is not None and (value := digest(owner)) is not None:
+        return value
     instances = getattr(episode, "instances", None)
     if owner and instances is not None and owner in instances:
         try:

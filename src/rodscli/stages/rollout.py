@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rodscli import console
 from rodscli.config import option
 from rodscli.envs.base import (
     ENV_ERROR,
@@ -98,6 +99,7 @@ class EpisodeRun:
     calls: list[dict] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_warning: str | None = None
     started: float = 0.0
     t_generate: float = 0.0
     t_env: float = 0.0
@@ -111,6 +113,7 @@ class EpisodeRun:
         self.t_env += time.perf_counter() - t
         system = self.task.get("system_prompt") or self.opts.system_prompt or DEFAULT_SYSTEM_PROMPT
         self.conv = Conversation.start(self.fmt, system, tools, self.task["user_turns"][0])
+        self.prompt_warning = prompt_room_warning(self.task["id"], len(self.conv), len(self.fmt.eot_ids), self.opts)
 
     @property
     def done(self) -> bool:
@@ -242,9 +245,28 @@ class EpisodeRun:
         }
 
 
-def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0) -> Iterator[dict]:
-    """Run G episodes per task; yield each rollout record as its episode finishes."""
+def prompt_room_warning(task_id: str, n_prompt: int, n_eot: int, opts: RolloutOptions) -> str | None:
+    """Why replies will be cut short because the first prompt leaves less than
+    --max-new-tokens of --max-tokens (None when there is room)."""
+    room = opts.max_tokens - n_prompt - n_eot
+    if room >= opts.max_new_tokens:
+        return None
+    fix = f"raise --max-tokens to at least {n_prompt + n_eot + opts.max_new_tokens}"
+    if room < 1:
+        return (f"task {task_id}: its prompt (system prompt, tools, first user turn) is {n_prompt} tokens, --max-tokens "
+                f"{opts.max_tokens} leaves no room for a reply: its episodes end max_tokens with no model token; {fix}")
+    return (f"task {task_id}: its prompt (system prompt, tools, first user turn) is {n_prompt} tokens, --max-tokens "
+            f"{opts.max_tokens} leaves {room} for replies, fewer than --max-new-tokens {opts.max_new_tokens}; {fix}")
+
+
+def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
+                  on_warning: Callable[[str], None] | None = None) -> Iterator[dict]:
+    """Run G episodes per task; yield each rollout record as its episode finishes.
+    A task whose prompt leaves less than --max-new-tokens of room is warned about once
+    (through `on_warning`, by default on stderr)."""
     opts.check()
+    on_warning = on_warning or console.warn
+    warned: set[str] = set()
     fmt = ChatFormat(backend.tokenizer)
     waiting = deque(
         EpisodeRun(task, k, derive_seed(seed, task["id"], opts.iteration, k), opts, fmt)
@@ -257,6 +279,9 @@ def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, see
                 run = waiting.popleft()
                 active.append(run)
                 run.start()
+                if run.prompt_warning and run.task["id"] not in warned:
+                    warned.add(run.task["id"])
+                    on_warning(run.prompt_warning)
             asking: list[tuple[EpisodeRun, Request]] = []
             for run in active:
                 req = run.request()

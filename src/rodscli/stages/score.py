@@ -75,6 +75,7 @@ class TaskReference:
     tools: dict[str, dict]
     flat: list[dict]
     parents: list[set[int]]
+    initial_hash: str = ""  # the state before any call (a rollout that ended before its first turn)
 
 
 def dependency_parents(task: dict, n_ref: int) -> list[set[int]]:
@@ -98,8 +99,18 @@ def prepare_reference(task: dict) -> TaskReference:
     with open_episode(task) as episode:
         wanted = set(task.get("tools") or []) or None
         tools = {n: s for n, s in episode.tool_index().items() if wanted is None or n in wanted}
+        initial_hash = episode.snapshot_hash()
     flat = [c for turn in task["reference"] for c in turn]
-    return TaskReference(trace, tools, flat, dependency_parents(task, len(flat)))
+    return TaskReference(trace, tools, flat, dependency_parents(task, len(flat)), initial_hash)
+
+
+def final_state_outcome(rollout: dict, ref: TaskReference) -> float:
+    """1 when the episode's final state equals the reference's final state, whatever the
+    calls' results and turns were: tau2-bench's database check (`outcome: final_state`)."""
+    hashes = rollout["turn_state_hashes"]
+    final = hashes[-1] if hashes else ref.initial_hash
+    expected = ref.trace.state_hashes[-1] if ref.trace.state_hashes else ref.initial_hash
+    return 1.0 if final == expected else 0.0
 
 
 def score_rollout(rollout: dict, task: dict, ref: TaskReference, cfg: ScoreConfig, weights: dict[str, float]) -> dict:
@@ -117,7 +128,7 @@ def score_rollout(rollout: dict, task: dict, ref: TaskReference, cfg: ScoreConfi
     matches = rewards.match_reference(ref.flat, calls, ref.parents)
     components = {
         "progress": rewards.progress_reward(scores),
-        "outcome": rewards.outcome_reward(scores),
+        "outcome": final_state_outcome(rollout, ref) if task.get("outcome") == "final_state" else rewards.outcome_reward(scores),
         "validity": rewards.validity(calls, ref.tools, n_ref),
         "coverage": rewards.coverage(matches),
         "efficiency": rewards.efficiency_penalty(len(calls), n_ref, cfg.alpha, cfg.beta),
