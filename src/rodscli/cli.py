@@ -284,10 +284,11 @@ def rollout(
     iteration: int = typer.Option(field_default(_Roll, "iteration"), "--iteration", help=field_help(_Roll, "iteration")),
     device: str = typer.Option(field_default(_Roll, "device"), "--device", help=field_help(_Roll, "device")),
     system_prompt: str = typer.Option(field_default(_Roll, "system_prompt"), "--system-prompt", help=field_help(_Roll, "system_prompt")),
-    base_url: str = typer.Option(field_default(_Roll, "base_url"), "--base-url", help=field_help(_Roll, "base_url")),
+    base_url: list[str] = typer.Option([field_default(_Roll, "base_url")], "--base-url", help=field_help(_Roll, "base_url")),
     served_model: str = typer.Option(field_default(_Roll, "served_model"), "--served-model", help=field_help(_Roll, "served_model")),
     concurrency: int = typer.Option(field_default(_Roll, "concurrency"), "--concurrency", help=field_help(_Roll, "concurrency")),
     gpu_memory_utilization: float = typer.Option(field_default(_Roll, "gpu_memory_utilization"), "--gpu-memory-utilization", help=field_help(_Roll, "gpu_memory_utilization")),
+    tensor_parallel_size: int = typer.Option(field_default(_Roll, "tensor_parallel_size"), "--tensor-parallel-size", help=field_help(_Roll, "tensor_parallel_size")),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (default: the global --seed); same seed, same rollouts on hf CPU."),
 ) -> None:
     """Run G episodes of every task and write token-in-token-out rollouts."""
@@ -296,8 +297,8 @@ def rollout(
     opts = _Roll(group_size=group_size, backend=backend, temperature=temperature, top_p=top_p,
                  max_new_tokens=max_new_tokens, max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens,
                  timeout=timeout, batch_size=batch_size, iteration=iteration, device=device,
-                 system_prompt=system_prompt, base_url=base_url, served_model=served_model,
-                 concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
+                 system_prompt=system_prompt, base_url=",".join(base_url), served_model=served_model,
+                 concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
     opts.check()
     seed = Globals.seed if seed is None else seed
     task_list = records.read_all(tasks, "task", Globals.validate)
@@ -536,8 +537,11 @@ def train_step(
     lora_r: int = _train_opt("lora_r", "--lora-r"),
     lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
     bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
+    shard: str = _train_opt("shard", "--shard"),
+    activation_checkpointing: bool = typer.Option(field_default(TrainOptions, "activation_checkpointing"), "--activation-checkpointing/--no-activation-checkpointing",
+                                                  help=field_help(TrainOptions, "activation_checkpointing")),
 ) -> None:
-    """One GRPO (or SFT) update; writes a new checkpoint. Runs under `accelerate launch` too."""
+    """One GRPO (or SFT) update; writes a new checkpoint. Runs under torchrun / `accelerate launch` too (--shard full: FSDP2)."""
     from rodscli.errors import OptionError
     from rodscli.stages import train
 
@@ -547,6 +551,7 @@ def train_step(
         dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
         ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
+        shard=shard, activation_checkpointing=activation_checkpointing,
     )
     opts.check()
     try:
@@ -565,6 +570,19 @@ def train_step(
     if metrics["updated"]:
         console.info(f"[green]{mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
                      f"groups kept {metrics['groups_kept']}/{metrics['groups_total']}, {metrics['tokens_per_s']:.0f} tokens/s -> {out}")
+
+
+@app.command("reload-servers")
+def reload_servers(
+    policy: str = typer.Option(..., "--policy", help="Checkpoint folder the servers should serve (a path they can read)."),
+    base_url: list[str] = typer.Option(..., "--base-url", help="The servers' base URLs (repeat, or a comma-separated list), as given to rollout."),
+    endpoint: str = typer.Option("/update_weights_from_disk", "--endpoint", help="Reload endpoint under each server's root (SGLang's by default)."),
+) -> None:
+    """Make every rollout server load a checkpoint from disk (a SERVE_HOOK for the loop; docs/scale-out.md)."""
+    from rodscli.policy.servers import reload
+
+    for answer in reload(base_url, str(Path(policy).resolve()), endpoint):
+        console.info(f"{answer['url']} serves {policy} ({answer['seconds']:.1f} s)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -595,10 +613,11 @@ def eval_(
     timeout: float = _eval_roll("timeout", "--timeout"),
     batch_size: int = _eval_roll("batch_size", "--batch-size"),
     device: str = _eval_roll("device", "--device"),
-    base_url: str = _eval_roll("base_url", "--base-url"),
+    base_url: list[str] = typer.Option([field_default(RolloutOptions, "base_url")], "--base-url", help=field_help(RolloutOptions, "base_url")),
     served_model: str = _eval_roll("served_model", "--served-model"),
     concurrency: int = _eval_roll("concurrency", "--concurrency"),
     gpu_memory_utilization: float = _eval_roll("gpu_memory_utilization", "--gpu-memory-utilization"),
+    tensor_parallel_size: int = _eval_roll("tensor_parallel_size", "--tensor-parallel-size"),
 ) -> None:
     """Greedy or pass@k episodes on held-out tasks: per-task, per-skill and overall success and progress."""
     from rich.table import Table
@@ -612,8 +631,8 @@ def eval_(
     cfg.check()
     ropts = RolloutOptions(backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens, timeout=timeout,
-                           batch_size=batch_size, device=device, base_url=base_url, served_model=served_model,
-                           concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
+                           batch_size=batch_size, device=device, base_url=",".join(base_url), served_model=served_model,
+                           concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
     ropts.check()
     task_list = records.read_all(tasks, "task", Globals.validate)
     model = load_backend(policy, replace(ropts, temperature=0.0 if greedy else temperature))

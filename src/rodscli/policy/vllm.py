@@ -52,10 +52,17 @@ def to_generation(token_ids: list[int], logprobs: list[Any] | None, finish_reaso
     return Generation(ids, values, stopped)
 
 
+def engine_kwargs(policy: str | Path, gpu_memory_utilization: float, tensor_parallel_size: int = 1) -> dict:
+    """Keyword arguments of `vllm.LLM`: bf16, prefix caching, log-probs after temperature and top-p,
+    the model split over `tensor_parallel_size` GPUs."""
+    return {"model": str(policy), "dtype": "bfloat16", "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size, "enable_prefix_caching": True, "logprobs_mode": "processed_logprobs"}
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
-    def __init__(self, policy: str | Path, sampling: Sampling, gpu_memory_utilization: float = 0.85):
+    def __init__(self, policy: str | Path, sampling: Sampling, gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1):
         try:
             import vllm
         except ImportError:
@@ -64,8 +71,7 @@ class VLLMBackend(Backend):
         self.sampling = sampling
         self.policy_id = policy_id(policy)
         self._vllm = vllm
-        kwargs = {"model": str(policy), "dtype": "bfloat16", "gpu_memory_utilization": gpu_memory_utilization,
-                  "enable_prefix_caching": True, "logprobs_mode": "processed_logprobs"}
+        kwargs = engine_kwargs(policy, gpu_memory_utilization, tensor_parallel_size)
         try:
             try:
                 self.llm = vllm.LLM(**kwargs)

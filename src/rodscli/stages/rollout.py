@@ -53,17 +53,18 @@ class RolloutOptions:
     iteration: int | None = option(None, help="Loop iteration, recorded in each rollout and its group id.")
     device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
     system_prompt: str | None = option(None, help="System prompt for tasks that have none (default: rods' built-in prompt).")
-    base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL.")
+    base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL; several servers (one per GPU or node) as --base-url repeated or a comma-separated list: requests spread over them and a failing server is routed around.")
     served_model: str | None = option(None, help="openai backend: model name on the server (default: the --policy path).")
     concurrency: int = option(16, help="openai backend: requests in flight at once.")
     gpu_memory_utilization: float = option(0.85, help="vllm backend: fraction of GPU memory vLLM may use.")
+    tensor_parallel_size: int = option(1, help="vllm backend: GPUs one model is split over (tensor parallelism).")
 
     def check(self) -> None:
         if self.group_size < 1:
             raise OptionError(f"--group-size must be at least 1, got {self.group_size}")
         if self.backend not in BACKENDS:
             raise OptionError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for name in ("max_new_tokens", "max_steps_per_turn", "max_tokens", "batch_size", "concurrency"):
+        for name in ("max_new_tokens", "max_steps_per_turn", "max_tokens", "batch_size", "concurrency", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -336,7 +337,10 @@ def load_backend(policy: str, opts: RolloutOptions) -> Backend:
     if opts.backend == "vllm":
         from rodscli.policy.vllm import VLLMBackend
 
-        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization)
+        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization, tensor_parallel_size=opts.tensor_parallel_size)
     from rodscli.policy.openai import OpenAIBackend
+    from rodscli.policy.servers import ServerPool, split_urls
 
-    return OpenAIBackend(policy, sampling, base_url=opts.base_url, model=opts.served_model, concurrency=opts.concurrency)
+    urls = split_urls(opts.base_url)
+    clients = [OpenAIBackend(policy, sampling, base_url=u, model=opts.served_model, concurrency=opts.concurrency) for u in urls]
+    return clients[0] if len(urls) == 1 else ServerPool(urls, clients, opts.concurrency)

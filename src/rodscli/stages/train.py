@@ -6,9 +6,11 @@ loss weight per sequence over the whole step, shard the sequences over processes
 shard into micro-batches by token count, accumulate gradients, clip, AdamW step -> write a
 Hugging Face checkpoint with the tokenizer, the optimizer state and a metrics record.
 
-Runs alone or under `accelerate launch` (DDP): every process computes the same global weights,
-takes a deterministic shard and scales its loss by the world size (DDP averages gradients), so
-the update equals the single-process one up to floating-point summation order.
+Runs alone or under any multi-process launcher (torchrun, `accelerate launch`): every process
+computes the same global weights, takes a deterministic shard of the sequences and scales its
+loss by the world size (DDP and FSDP average gradients), so the update equals the
+single-process one up to floating-point summation order. `--shard full|hybrid` shards the
+model with PyTorch FSDP2 (stages/shard.py); checkpoints are stages/checkpoint.py's.
 
 torch (and the math in rodscli.grpo) is imported inside the functions that use it, so that
 `rods --help` and the other stages do not pay for it.
@@ -18,33 +20,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rodscli import console, records
+from rodscli import console
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
 from rodscli.policy import tiny
+from rodscli.stages import shard as sharding
+from rodscli.stages.checkpoint import (  # noqa: F401  (public names here too)
+    OPTIMIZER_DIR,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    check_policy,
+    load_model,
+    param_signature,
+    read_state,
+    restore_optimizer,
+    write_checkpoint,
+)
 
 if TYPE_CHECKING:
     import torch
 
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "train_state.json"
-METRICS_FILE = "metrics.jsonl"
-# files save_pretrained writes (or that belong to one training state): everything else in the
-# input checkpoint (tokenizer, chat template, policy metadata) is copied through unchanged
-_OWN_FILES = {OPTIMIZER_FILE, STATE_FILE, METRICS_FILE, METRICS_FILE + ".meta.json", "config.json", "generation_config.json"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt", ".pth")
 ADV_SCALES = ("group", "batch", "none")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr-grpo")
 
@@ -90,6 +93,8 @@ class TrainOptions:
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
+    shard: str = option("none", help="none: every process holds the whole model (DDP); full: FSDP2 shards weights, gradients and AdamW state over all processes; hybrid: shard within a node, replicate across nodes.")
+    activation_checkpointing: bool = option(False, help="Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, ~1/3 more compute).")
 
     def learning_rate(self, policy: str | Path | None = None) -> float:
         if self.lr is not None:
@@ -101,7 +106,7 @@ class TrainOptions:
 
     def check(self) -> None:
         choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES,
-                   "sft_tokens": ("model", "all")}
+                   "sft_tokens": ("model", "all"), "shard": sharding.SHARD_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed and not (name == "schedule" and self.schedule is None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -282,9 +287,9 @@ def accumulate(module, ref_module, step_seqs: list[Sequence], cfg: TrainOptions,
     step_seqs = [dataclasses.replace(s, weight=w) for s, w in zip(step_seqs, weights, strict=True)]
     world, device = accelerator.num_processes, accelerator.device
     local = shard(step_seqs, accelerator.process_index, world)
-    # every process must run the same number of synced backward passes: an idle one runs a
-    # zero-weight copy of a real sequence
-    batches = micro_batches(local, cfg.micro_batch_tokens) or [[dataclasses.replace(step_seqs[0], weight=0.0, dummy=True)]]
+    # every process must run the same number of synced backward passes (sharded: of all
+    # passes): an idle one runs a zero-weight copy of a real sequence
+    batches = sharding.lockstep(micro_batches(local, cfg.micro_batch_tokens), [dataclasses.replace(step_seqs[0], weight=0.0, dummy=True)], accelerator)
     sums = torch.zeros(len(_STAT_KEYS), dtype=torch.float64, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else contextlib.nullcontext()
     for i, batch in enumerate(batches):
@@ -322,91 +327,7 @@ def accumulate(module, ref_module, step_seqs: list[Sequence], cfg: TrainOptions,
 
 
 # ---------------------------------------------------------------------------------------
-# checkpoints
-
-
-def read_state(policy: str | Path) -> dict:
-    path = Path(policy) / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"step": 0}
-
-
-def _check_policy(path: str | Path) -> None:
-    if not (Path(path) / "config.json").is_file():
-        raise InputError("not a Hugging Face checkpoint directory (no config.json)", where=str(path))
-
-
-def load_model(policy: str | Path, device: torch.device):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # rods shows its own progress; weight loading is instant
-    _check_policy(policy)
-    # fp32 master weights: bf16 weights would round away updates of lr ~1e-6
-    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
-    return model.to(device)
-
-
-def _param_signature(model) -> list[list]:
-    return [[n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _copy_through(src: Path, dst: Path) -> None:
-    """Copy the checkpoint's other files (tokenizer, chat template, metadata) unchanged."""
-    for f in sorted(src.iterdir()):
-        if f.is_file() and f.name not in _OWN_FILES and not f.name.endswith(_WEIGHT_SUFFIXES):
-            shutil.copy2(f, dst / f.name)
-
-
-@contextlib.contextmanager
-def _atomic_dir(out: Path):
-    """A temp folder beside `out`, moved into place on success (a crashed step leaves no checkpoint)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_checkpoint(out: Path, src: Path, model, optimizer, state: dict, metrics: dict, provenance_info: dict | None, validate: bool) -> None:
-    """Weights (fp32 safetensors), tokenizer files, optimizer state, train state and metrics."""
-    import torch
-
-    with _atomic_dir(out) as tmp:
-        _copy_through(src, tmp)
-        if model is None:  # no update: the input weights and optimizer state, byte for byte
-            for f in sorted(src.iterdir()):
-                if f.is_file() and (f.name.endswith(_WEIGHT_SUFFIXES) or f.name in ("config.json", "generation_config.json", OPTIMIZER_FILE)):
-                    shutil.copy2(f, tmp / f.name)
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        records.write_records(tmp / METRICS_FILE, [metrics], "metrics", provenance_info=provenance_info, validate=validate)
-
-
-# ---------------------------------------------------------------------------------------
 # the update
-
-
-def _accelerator():
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import parse_flag_from_env
-
-    # every process holds the whole model (DDP); a sharded launch would need the optimizer
-    # built after wrapping and gathered checkpoints, which this loop does not do
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP (--use_fsdp)"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed (--use_deepspeed)")):
-        if parse_flag_from_env(flag):
-            raise OptionError(f"train-step runs data-parallel (DDP) under `accelerate launch`; {name} is not supported: "
-                              "launch with --multi_gpu instead")
-    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def leave_process_group() -> None:
@@ -427,30 +348,52 @@ def _apply_lora(model, cfg: TrainOptions):
 
 def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int, provenance_info: dict | None, validate: bool) -> dict:
     """Take the optimizer steps, write the checkpoint, return the metrics record."""
+    accelerator = sharding.launch(cfg.shard, cfg.bf16)
+    try:
+        return _train(accelerator, policy, out, steps, batch_stats, cfg, seed, provenance_info, validate)
+    finally:
+        getattr(accelerator, "close", lambda: None)()
+
+
+def _train(accelerator, policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int,
+           provenance_info: dict | None, validate: bool) -> dict:
     import torch
 
     from rodscli import grpo
 
     start = time.perf_counter()
-    accelerator = _accelerator()
+    sharded = getattr(accelerator, "lockstep", False)
     if not accelerator.is_main_process:
         console.VERBOSITY = min(console.VERBOSITY, 0)  # one process reports; the others stay quiet
     torch.manual_seed(seed)
     state = read_state(policy)
     model = load_model(policy, accelerator.device)
+    if cfg.activation_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_r > 0:
         model = _apply_lora(model, cfg)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    signature = None if cfg.lora_r > 0 else param_signature(model)  # names and full shapes, before any sharding
     lr = cfg.learning_rate(policy)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    restored = _restore_optimizer(optimizer, model, policy, state, cfg, lr)
-    module = accelerator.prepare_model(grpo.TokenLogprobs(model, cfg.temperature))
+    module = grpo.TokenLogprobs(model, cfg.temperature)
+    if sharded:  # wrap first: the optimizer must hold the parameters' shards
+        module = accelerator.prepare_model(module)
+    params = [p for p in model.parameters() if p.requires_grad]
+    adamw = {"lr": lr, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
+    optimizer = torch.optim.AdamW(params, **adamw)
+    restored = restore_optimizer(optimizer, model, policy, state, signature, adamw)
+    if not sharded:
+        module = accelerator.prepare_model(module)
     ref_module = None
     if cfg.mode == "grpo" and cfg.kl_coef > 0:
         ref = load_model(cfg.ref_policy or policy, accelerator.device).eval()
         ref.requires_grad_(False)
         ref_module = grpo.TokenLogprobs(ref, cfg.temperature)
+        if sharded:
+            ref_module = accelerator.prepare_model(ref_module)
 
     per_step, grad_norms, lrs = [], [], []
 
@@ -467,16 +410,17 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         per_step.append(accumulate(module, ref_module, step_seqs, cfg, accelerator))
         # global gradient norm before clipping (clip_grad_norm_ with inf max still measures it)
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        grad_norms.append(float(norm))
+        grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         optimizer.step()
 
     model = accelerator.unwrap_model(module).model
-    if cfg.lora_r > 0:
+    held = sharding.local_bytes(model, optimizer, accelerator)
+    if cfg.lora_r > 0 and not sharded:
         model = model.merge_and_unload()
     elapsed = time.perf_counter() - start
     tokens = sum(len(s.token_ids) for step in steps for s in step)
     state = {**state, "step": int(state.get("step", 0)) + len(steps), "mode": cfg.mode, "lr": lr, "seed": seed,
-             "params": None if cfg.lora_r > 0 else _param_signature(model), "optimizer_restored": restored}
+             "params": signature, "optimizer_restored": restored}
     metrics = {
         "mode": cfg.mode, "step": state["step"], "iteration": batch_stats.get("iteration"), "updated": True,
         "loss": _mean(per_step, "loss"), "pg_loss": _mean(per_step, "pg_loss") if cfg.mode == "grpo" else None,
@@ -492,33 +436,30 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
         "time_s": elapsed,
         "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": accelerator.num_processes,
                   "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs,
-                  "losses": [m["loss"] for m in per_step],
+                  "losses": [m["loss"] for m in per_step], "shard": cfg.shard, "bytes_per_process": held,
                   "sft_tokens": cfg.sft_tokens if cfg.mode == "sft" else None, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
     }
-    if accelerator.is_main_process:
+    if sharded:  # every process takes part in gathering the weights and saving the optimizer shards
+        full, stage = sharding.gather_and_save(accelerator, model, None if cfg.lora_r > 0 else optimizer, out)
+        if accelerator.is_main_process:
+            write_checkpoint(out, policy, _plain_model(policy, full, cfg), None, state, metrics, provenance_info, validate, sharded_optimizer=stage)
+    elif accelerator.is_main_process:
         write_checkpoint(out, policy, model, None if cfg.lora_r > 0 else optimizer, state, metrics, provenance_info, validate)
     accelerator.wait_for_everyone()
     return metrics
 
 
+def _plain_model(policy: Path, full_state: dict, cfg: TrainOptions):
+    """The unsharded model holding the gathered weights (LoRA merged), for save_pretrained."""
+    model = load_model(policy, "cpu")
+    if cfg.lora_r > 0:
+        model = _apply_lora(model, cfg)
+    model.load_state_dict(full_state)  # copied into place: tied weights stay tied
+    return model.merge_and_unload() if cfg.lora_r > 0 else model
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     return sum(r[key] for r in rows) / len(rows) if rows else None
-
-
-def _restore_optimizer(optimizer, model, policy: Path, state: dict, cfg: TrainOptions, lr: float) -> bool:
-    """Load the AdamW moments saved with the input checkpoint when they belong to these parameters."""
-    import torch
-
-    path = policy / OPTIMIZER_FILE
-    if cfg.lora_r > 0 or not path.exists():
-        return False
-    if state.get("params") != _param_signature(model):
-        console.info(f"[yellow]not restoring {path}: it belongs to other parameters[/yellow]")
-        return False
-    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    for group in optimizer.param_groups:  # this step's options win over the saved ones
-        group.update(lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    return True
 
 
 def train_step(policy: str | Path, scored: list[dict], out: str | Path, cfg: TrainOptions, seed: int = 0,
@@ -528,7 +469,7 @@ def train_step(policy: str | Path, scored: list[dict], out: str | Path, cfg: Tra
     if cfg.mode != "grpo":
         raise OptionError("train_step is the grpo mode; use sft() for --mode sft")
     policy, out = Path(policy), Path(out)
-    _check_policy(policy)
+    check_policy(policy)
     if not scored:
         raise InputError("no scored rollouts to train on")
     seqs, batch_stats = sequences_from_scored(scored, cfg)
@@ -550,7 +491,7 @@ def _no_update(policy: Path, out: Path, scored: list[dict], batch_stats: dict, c
         "tokens": 0, "model_tokens": 0, "time_s": 0.0, "lr": cfg.learning_rate(),
         "extra": {"reason": "every group has zero reward variance", "rollouts": len(scored)},
     }
-    if _accelerator().is_main_process:
+    if sharding.is_main_process():
         metrics["time_s"] = time.perf_counter() - start
         write_checkpoint(out, policy, None, None, state, metrics, provenance_info, validate)
     return metrics
@@ -562,7 +503,7 @@ def sft(policy: str | Path, rendered: list[dict], out: str | Path, cfg: TrainOpt
     cfg = dataclasses.replace(cfg, mode="sft")
     cfg.check()
     policy, out = Path(policy), Path(out)
-    _check_policy(policy)
+    check_policy(policy)
     if cfg.sft_tokens == "all":
         rendered = [{**r, "loss_mask": [1] * len(r["token_ids"])} for r in rendered]
     seqs = sequences_from_rendered(rendered)
