@@ -266,6 +266,7 @@ def rollout(
     iteration: int = typer.Option(field_default(_Roll, "iteration"), "--iteration", help=field_help(_Roll, "iteration")),
     device: str = typer.Option(field_default(_Roll, "device"), "--device", help=field_help(_Roll, "device")),
     system_prompt: str = typer.Option(field_default(_Roll, "system_prompt"), "--system-prompt", help=field_help(_Roll, "system_prompt")),
+    chat_template: str = typer.Option(field_default(_Roll, "chat_template"), "--chat-template", help=field_help(_Roll, "chat_template")),
     base_url: str = typer.Option(field_default(_Roll, "base_url"), "--base-url", help=field_help(_Roll, "base_url")),
     served_model: str = typer.Option(field_default(_Roll, "served_model"), "--served-model", help=field_help(_Roll, "served_model")),
     concurrency: int = typer.Option(field_default(_Roll, "concurrency"), "--concurrency", help=field_help(_Roll, "concurrency")),
@@ -278,7 +279,7 @@ def rollout(
     opts = _Roll(group_size=group_size, backend=backend, temperature=temperature, top_p=top_p,
                  max_new_tokens=max_new_tokens, max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens,
                  timeout=timeout, batch_size=batch_size, iteration=iteration, device=device,
-                 system_prompt=system_prompt, base_url=base_url, served_model=served_model,
+                 system_prompt=system_prompt, chat_template=chat_template, base_url=base_url, served_model=served_model,
                  concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
     opts.check()
     seed = Globals.seed if seed is None else seed
@@ -393,6 +394,7 @@ def synthesize(
     swap: float = _synth_opt("swap", "--swap"),
     policy: str = _synth_opt("policy", "--policy"),
     backend: str = _synth_opt("backend", "--backend"),
+    chat_template: str = _synth_opt("chat_template", "--chat-template"),
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
@@ -406,7 +408,8 @@ def synthesize(
     if groups is not None and tasks is None and buffer is None:
         raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
     opts = _Synth(per_seed=per_seed, iteration=iteration, writer=writer, tolerance=tolerance, max_jaccard=max_jaccard,
-                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend, seed=Globals.seed)
+                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend,
+                  chat_template=chat_template, seed=Globals.seed)
     known: list[dict] = []
     if tasks:
         known += records.read_all(tasks, "task", Globals.validate)
@@ -517,6 +520,7 @@ def train_step(
     lora_r: int = _train_opt("lora_r", "--lora-r"),
     lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
     bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
+    chat_template: str | None = _train_opt("chat_template", "--chat-template"),
 ) -> None:
     """One GRPO (or SFT) update; writes a new checkpoint. Runs under `accelerate launch` too."""
     from rodscli.errors import OptionError
@@ -528,13 +532,14 @@ def train_step(
         dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
         ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
+        chat_template=chat_template,
     )
     opts.check()
     try:
         if mode == "sft":
             if not tasks:
                 raise OptionError("--mode sft needs --tasks TASKS")
-            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate))
+            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), chat_template)
             metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
         else:
             if not scored:
@@ -576,6 +581,7 @@ def eval_(
     timeout: float = _eval_roll("timeout", "--timeout"),
     batch_size: int = _eval_roll("batch_size", "--batch-size"),
     device: str = _eval_roll("device", "--device"),
+    chat_template: str = _eval_roll("chat_template", "--chat-template"),
     base_url: str = _eval_roll("base_url", "--base-url"),
     served_model: str = _eval_roll("served_model", "--served-model"),
     concurrency: int = _eval_roll("concurrency", "--concurrency"),
@@ -593,7 +599,7 @@ def eval_(
     cfg.check()
     ropts = RolloutOptions(backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens, timeout=timeout,
-                           batch_size=batch_size, device=device, base_url=base_url, served_model=served_model,
+                           batch_size=batch_size, device=device, chat_template=chat_template, base_url=base_url, served_model=served_model,
                            concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization)
     ropts.check()
     task_list = records.read_all(tasks, "task", Globals.validate)

@@ -52,6 +52,7 @@ class RolloutOptions:
     iteration: int | None = option(None, help="Loop iteration, recorded in each rollout and its group id.")
     device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
     system_prompt: str | None = option(None, help="System prompt for tasks that have none (default: rods' built-in prompt).")
+    chat_template: str | None = option(None, help="Jinja chat template file that replaces the checkpoint's own (as vLLM's --chat-template); needed when the checkpoint has none.")
     base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL.")
     served_model: str | None = option(None, help="openai backend: model name on the server (default: the --policy path).")
     concurrency: int = option(16, help="openai backend: requests in flight at once.")
@@ -307,11 +308,13 @@ def load_backend(policy: str, opts: RolloutOptions) -> Backend:
     if opts.backend == "hf":
         from rodscli.policy.hf import HFBackend
 
-        return HFBackend(policy, sampling, device=opts.device)
+        return HFBackend(policy, sampling, device=opts.device, chat_template=opts.chat_template)
     if opts.backend == "vllm":
         from rodscli.policy.vllm import VLLMBackend
 
-        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization)
+        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization,
+                           chat_template=opts.chat_template)
     from rodscli.policy.openai import OpenAIBackend
 
-    return OpenAIBackend(policy, sampling, base_url=opts.base_url, model=opts.served_model, concurrency=opts.concurrency)
+    return OpenAIBackend(policy, sampling, base_url=opts.base_url, model=opts.served_model, concurrency=opts.concurrency,
+                         chat_template=opts.chat_template)

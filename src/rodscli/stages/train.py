@@ -90,6 +90,7 @@ class TrainOptions:
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
+    chat_template: str | None = option(None, help="sft: Jinja chat template file that renders the reference solutions instead of the checkpoint's own (give the rollouts the same one).")
 
     def learning_rate(self, policy: str | Path | None = None) -> float:
         if self.lr is not None:
@@ -571,11 +572,12 @@ def sft(policy: str | Path, rendered: list[dict], out: str | Path, cfg: TrainOpt
     return _run(policy, out, sft_steps(seqs, cfg, seed), {}, cfg, seed, provenance_info, validate)
 
 
-def render_tasks(policy: str | Path, tasks: list[dict]) -> list[dict]:
-    """Every task's reference solution as a teacher-forced sequence, through the rollout engine's renderer."""
-    from transformers import AutoTokenizer
+def render_tasks(policy: str | Path, tasks: list[dict], chat_template: str | Path | None = None) -> list[dict]:
+    """Every task's reference solution as a teacher-forced sequence, through the rollout engine's
+    renderer (with the `chat_template` file instead of the checkpoint's template when given)."""
+    from rodscli.policy.base import load_tokenizer
+    from rodscli.policy.chat import ChatFormat, teacher_forced
 
-    from rodscli.policy.chat import teacher_forced
-
-    tokenizer = AutoTokenizer.from_pretrained(str(policy))
-    return [teacher_forced(tokenizer, task) for task in tasks]
+    tokenizer = load_tokenizer(policy, chat_template)
+    fmt = ChatFormat(tokenizer)
+    return [teacher_forced(tokenizer, task, fmt=fmt) for task in tasks]
