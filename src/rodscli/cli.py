@@ -239,10 +239,26 @@ def init_policy(
     layers: int = typer.Option(field_default(_Init, "layers"), "--layers", help=field_help(_Init, "layers")),
     heads: int = typer.Option(field_default(_Init, "heads"), "--heads", help=field_help(_Init, "heads")),
     intermediate_size: int = typer.Option(field_default(_Init, "intermediate_size"), "--intermediate-size", help=field_help(_Init, "intermediate_size")),
+    from_gguf: str = typer.Option(None, "--from-gguf", help="Instead: import this GGUF file (llama.cpp) as a plain Hugging Face checkpoint (needs the gguf extra)."),
+    dtype: str = typer.Option("float32", "--dtype", help="--from-gguf: dtype of the saved weights (float32, bfloat16, float16)."),
+    chat_template: str = typer.Option(None, "--chat-template", help="--from-gguf: Jinja chat template file to save instead of the file's own (or when it has none)."),
 ) -> None:
-    """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template."""
+    """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template.
+
+    With --from-gguf FILE: write FILE's model, tokenizer and chat template as a plain checkpoint
+    (de-quantized; ~100 s for SmolLM2-135M on 2 CPU cores), to use with every stage.
+    """
     from rodscli.policy.tiny import init_policy as make
 
+    if from_gguf is not None:
+        from rodscli.policy.base import read_chat_template
+        from rodscli.policy.gguf import import_gguf
+
+        template = read_chat_template(chat_template) if chat_template is not None else None
+        info = import_gguf(from_gguf, out, dtype=dtype, chat_template=template)
+        console.info(f"wrote {info['out']}: {info['architecture']}, {info['n_params'] / 1e6:.1f}M parameters ({info['dtype']}), "
+                     f"vocabulary {info['vocab_size']}, chat template {info['chat_template']} ({info['seconds']:.1f}s)")
+        return
     opts = _Init(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=intermediate_size)
     info = make(out, opts, seed=Globals.seed if seed is None else seed)
     console.info(f"wrote {info['out']}: {info['n_params'] / 1e6:.2f}M parameters, vocabulary {info['vocab_size']}, "

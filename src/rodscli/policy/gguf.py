@@ -12,25 +12,16 @@ chat template, generation config. De-quantizing is the slow part (SmolLM2-135M Q
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from rodscli.errors import InputError, OptionError
 from rodscli.policy.tiny import INFO_FILE
+from rodscli.records import file_hash
 
 KIND = "gguf-import"
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def file_digest(path: Path, head: int = 1 << 20) -> str:
-    """Size plus a hash of the first MiB: tells two GGUF files apart without reading 100 MB."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(str(path.stat().st_size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(head))
-    return h.hexdigest()
 
 
 def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32",
@@ -56,7 +47,7 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32",
         raise OptionError("GGUF import needs the `gguf` package: pip install 'rodscli[gguf]'", field="--from-gguf") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    started = time.perf_counter()
+    started = time.perf_counter()  # everything is read and checked before anything is written
     where, name = str(path.parent), path.name
     try:
         tok = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)
@@ -83,7 +74,7 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32",
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    info = {"kind": KIND, "source": name, "source_digest": file_digest(path), "dtype": dtype,
+    info = {"kind": KIND, "source": name, "source_blake2b": file_hash(path), "dtype": dtype,
             "architecture": config.model_type, "n_params": n_params, "vocab_size": len(tok),
             "chat_template": "given" if chat_template is not None else ("from the file" if tok.chat_template else "none")}
     (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
