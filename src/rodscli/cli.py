@@ -257,10 +257,26 @@ def init_policy(
     layers: int = typer.Option(field_default(_Init, "layers"), "--layers", help=field_help(_Init, "layers")),
     heads: int = typer.Option(field_default(_Init, "heads"), "--heads", help=field_help(_Init, "heads")),
     intermediate_size: int = typer.Option(field_default(_Init, "intermediate_size"), "--intermediate-size", help=field_help(_Init, "intermediate_size")),
+    from_gguf: str = typer.Option(None, "--from-gguf", help="Instead: import this GGUF file (llama.cpp) as a plain Hugging Face checkpoint (needs the gguf extra)."),
+    dtype: str = typer.Option("float32", "--dtype", help="--from-gguf: dtype of the saved weights (float32, bfloat16, float16)."),
+    chat_template: str = typer.Option(None, "--chat-template", help="--from-gguf: Jinja chat template file to save instead of the file's own (or when it has none)."),
 ) -> None:
-    """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template."""
+    """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template.
+
+    With --from-gguf FILE: write FILE's model, tokenizer and chat template as a plain checkpoint
+    (de-quantized; ~100 s for SmolLM2-135M on 2 CPU cores), to use with every stage.
+    """
     from rodscli.policy.tiny import init_policy as make
 
+    if from_gguf is not None:
+        from rodscli.policy.base import read_chat_template
+        from rodscli.policy.gguf import import_gguf
+
+        template = read_chat_template(chat_template) if chat_template is not None else None
+        info = import_gguf(from_gguf, out, dtype=dtype, chat_template=template)
+        console.info(f"wrote {info['out']}: {info['architecture']}, {info['n_params'] / 1e6:.1f}M parameters ({info['dtype']}), "
+                     f"vocabulary {info['vocab_size']}, chat template {info['chat_template']} ({info['seconds']:.1f}s)")
+        return
     opts = _Init(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=intermediate_size)
     info = make(out, opts, seed=Globals.seed if seed is None else seed)
     console.info(f"wrote {info['out']}: {info['n_params'] / 1e6:.2f}M parameters, vocabulary {info['vocab_size']}, "
@@ -284,6 +300,7 @@ def rollout(
     iteration: int = typer.Option(field_default(_Roll, "iteration"), "--iteration", help=field_help(_Roll, "iteration")),
     device: str = typer.Option(field_default(_Roll, "device"), "--device", help=field_help(_Roll, "device")),
     system_prompt: str = typer.Option(field_default(_Roll, "system_prompt"), "--system-prompt", help=field_help(_Roll, "system_prompt")),
+    chat_template: str = typer.Option(field_default(_Roll, "chat_template"), "--chat-template", help=field_help(_Roll, "chat_template")),
     base_url: list[str] = typer.Option([field_default(_Roll, "base_url")], "--base-url", help=field_help(_Roll, "base_url")),
     served_model: str = typer.Option(field_default(_Roll, "served_model"), "--served-model", help=field_help(_Roll, "served_model")),
     concurrency: int = typer.Option(field_default(_Roll, "concurrency"), "--concurrency", help=field_help(_Roll, "concurrency")),
@@ -297,7 +314,7 @@ def rollout(
     opts = _Roll(group_size=group_size, backend=backend, temperature=temperature, top_p=top_p,
                  max_new_tokens=max_new_tokens, max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens,
                  timeout=timeout, batch_size=batch_size, iteration=iteration, device=device,
-                 system_prompt=system_prompt, base_url=",".join(base_url), served_model=served_model,
+                 system_prompt=system_prompt, chat_template=chat_template, base_url=",".join(base_url), served_model=served_model,
                  concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
     opts.check()
     seed = Globals.seed if seed is None else seed
@@ -413,6 +430,7 @@ def synthesize(
     swap: float = _synth_opt("swap", "--swap"),
     policy: str = _synth_opt("policy", "--policy"),
     backend: str = _synth_opt("backend", "--backend"),
+    chat_template: str = _synth_opt("chat_template", "--chat-template"),
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
@@ -426,7 +444,8 @@ def synthesize(
     if groups is not None and tasks is None and buffer is None:
         raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
     opts = _Synth(per_seed=per_seed, iteration=iteration, writer=writer, tolerance=tolerance, max_jaccard=max_jaccard,
-                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend, seed=Globals.seed)
+                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend,
+                  chat_template=chat_template, seed=Globals.seed)
     known: list[dict] = []
     if tasks:
         known += records.read_all(tasks, "task", Globals.validate)
@@ -540,6 +559,7 @@ def train_step(
     shard: str = _train_opt("shard", "--shard"),
     activation_checkpointing: bool = typer.Option(field_default(TrainOptions, "activation_checkpointing"), "--activation-checkpointing/--no-activation-checkpointing",
                                                   help=field_help(TrainOptions, "activation_checkpointing")),
+    chat_template: str | None = _train_opt("chat_template", "--chat-template"),
 ) -> None:
     """One GRPO (or SFT) update; writes a new checkpoint. Runs under torchrun / `accelerate launch` too (--shard full: FSDP2)."""
     from rodscli.errors import OptionError
@@ -552,13 +572,14 @@ def train_step(
         ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
         shard=shard, activation_checkpointing=activation_checkpointing,
+        chat_template=chat_template,
     )
     opts.check()
     try:
         if mode == "sft":
             if not tasks:
                 raise OptionError("--mode sft needs --tasks TASKS")
-            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate))
+            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), chat_template)
             metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
         else:
             if not scored:
@@ -613,6 +634,7 @@ def eval_(
     timeout: float = _eval_roll("timeout", "--timeout"),
     batch_size: int = _eval_roll("batch_size", "--batch-size"),
     device: str = _eval_roll("device", "--device"),
+    chat_template: str = _eval_roll("chat_template", "--chat-template"),
     base_url: list[str] = typer.Option([field_default(RolloutOptions, "base_url")], "--base-url", help=field_help(RolloutOptions, "base_url")),
     served_model: str = _eval_roll("served_model", "--served-model"),
     concurrency: int = _eval_roll("concurrency", "--concurrency"),
@@ -631,7 +653,7 @@ def eval_(
     cfg.check()
     ropts = RolloutOptions(backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens, timeout=timeout,
-                           batch_size=batch_size, device=device, base_url=",".join(base_url), served_model=served_model,
+                           batch_size=batch_size, device=device, chat_template=chat_template, base_url=",".join(base_url), served_model=served_model,
                            concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
     ropts.check()
     task_list = records.read_all(tasks, "task", Globals.validate)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rodscli.errors import BackendError
+from rodscli.errors import BackendError, InputError
 
 
 @dataclass
@@ -67,19 +67,34 @@ class Backend(ABC):
         """Release the model / connections."""
 
 
-def load_tokenizer(policy: str | Path) -> Any:
-    """The checkpoint's tokenizer (its chat template included), offline."""
+def read_chat_template(path: str | Path) -> str:
+    """The text of a `--chat-template` file (a Jinja chat template, as vLLM's option takes)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the chat template: {exc.strerror if isinstance(exc, OSError) else exc}",
+                         where=str(path), field="--chat-template") from None
+    if not text.strip():
+        raise InputError("the chat template file is empty", where=str(path), field="--chat-template")
+    return text
+
+
+def load_tokenizer(policy: str | Path, chat_template: str | Path | None = None) -> Any:
+    """The checkpoint's tokenizer with its chat template (or the `chat_template` file's), offline."""
     from transformers import AutoTokenizer
 
     path = Path(policy)
     if not path.is_dir():
         raise BackendError(f"policy checkpoint {str(policy)!r} is not a directory (run `rods init-policy --out {policy}`?)")
+    template = read_chat_template(chat_template) if chat_template is not None else None
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise BackendError(f"cannot load the tokenizer of {str(policy)!r}: {type(exc).__name__}: {exc}") from None
+    if template is not None:
+        tok.chat_template = template
     if not getattr(tok, "chat_template", None):
-        raise BackendError(f"the tokenizer of {str(policy)!r} has no chat template")
+        raise BackendError(f"the tokenizer of {str(policy)!r} has no chat template: give one with --chat-template FILE")
     return tok
 
 

@@ -17,6 +17,14 @@ Tools revealed at a later turn (miss_func tasks) are announced in a system messa
 before that user turn, listing the new signatures exactly as the template lists tools in
 its system prompt (the lines of its `<tools>` block); templates that reject a system
 message there get the announcement prepended to the user message instead.
+
+Templates without tool support (SmolLM2's, Gemma's, Llama 2's, most base models'; found by
+rendering a probe tool and looking for its name) silently drop `tools=`. For them rods
+writes the tools into the system prompt itself, in the Hermes form the parser reads: one
+JSON schema per line inside `<tools></tools>`, then the `<tool_call>` instructions (the
+same lines announce tools revealed later). Tool results go in `<tool_response>` blocks, as
+`tool` messages when the template renders that role, else in one user message. A template
+with no system role gets the system prompt at the head of the first user message.
 """
 
 from __future__ import annotations
@@ -48,8 +56,18 @@ FINAL_ANSWER = "Done."
 NO_CALL_ANSWER = "I cannot do that yet: a needed value or tool is missing. Please tell me more."
 
 _MARK = "\u2063rods-probe\u2063"
+_SHOWN = "\u2063rods-shown\u2063"  # content of a probe message (never _MARK: `inserted` anchors on that)
 _TOOLS_BLOCK = re.compile(r"<tools>\n(.*?)\n</tools>", re.S)  # a template's tool list (not "<tools></tools>" in its prose)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
+_PROBE_TOOL = {"type": "function", "function": {"name": "rods_probe_tool", "description": "",
+                                                "parameters": {"type": "object", "properties": {}}}}
+# the Hermes/Qwen2.5 system-prompt section, for templates that do not list tools themselves
+HERMES_TOOLS = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,14 +202,60 @@ class ChatFormat:
         text = f"New tools are available from now on. Their signatures, within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>"
         return [{"role": "system", "content": text}]
 
+    def _shows(self, render: Any) -> bool:
+        """Whether `render()` runs and writes the probe content (templates may raise on a role)."""
+        try:
+            return _SHOWN in render()
+        except Exception:  # jinja raise_exception, e.g. "roles must alternate user/assistant"
+            return False
+
+    @cached_property
+    def lists_tools(self) -> bool:
+        """Whether the template writes the tools it is given (many drop them silently)."""
+        try:
+            text = self.render([{"role": "user", "content": "u"}], tools=[_PROBE_TOOL], gen=False)
+        except Exception:
+            return False
+        return "rods_probe_tool" in text
+
+    @cached_property
+    def system_role(self) -> bool:
+        """Whether the template renders a leading system message."""
+        return self._shows(lambda: self.render([{"role": "system", "content": _SHOWN}, {"role": "user", "content": "u"}]))
+
+    @cached_property
+    def tool_role(self) -> bool:
+        """Whether the template renders a `tool` message after an assistant reply."""
+        return self._shows(lambda: self.inserted([{"role": "tool", "content": _SHOWN}]))
+
+    @cached_property
+    def wraps_tool_results(self) -> bool:
+        """Whether the template itself puts a tool message inside `<tool_response>` tags."""
+        return self.tool_role and "<tool_response>" in self.inserted([{"role": "tool", "content": _SHOWN}])
+
+    def opening(self, system: str, tools: list[dict], user: str) -> tuple[list[dict], list[dict]]:
+        """The first messages to render and the tools to hand the template with them."""
+        template_tools = list(tools)
+        if tools and not self.lists_tools:
+            system = f"{system}\n\n{HERMES_TOOLS.format(listing=self.tool_listing(tools))}"
+            template_tools = []
+        if not self.system_role:
+            return [{"role": "user", "content": f"{system}\n\n{user}"}], template_tools
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}], template_tools
+
+    def tool_messages(self, texts: list[str]) -> list[dict]:
+        """Tool results as the messages to render (see module doc)."""
+        if self.wraps_tool_results:
+            return [{"role": "tool", "content": t} for t in texts]
+        wrapped = [f"<tool_response>\n{t}\n</tool_response>" for t in texts]
+        if self.tool_role:
+            return [{"role": "tool", "content": w} for w in wrapped]
+        return [{"role": "user", "content": "\n".join(wrapped)}]
+
     @cached_property
     def system_mid_conversation(self) -> bool:
         """Whether the template renders a system message after the first one."""
-        try:
-            seg = self.inserted([{"role": "system", "content": _MARK + "s"}, {"role": "user", "content": "x"}])
-        except Exception:  # templates may raise on it (jinja raise_exception)
-            return False
-        return _MARK + "s" in seg
+        return self._shows(lambda: self.inserted([{"role": "system", "content": _SHOWN}, {"role": "user", "content": "x"}]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,15 +272,15 @@ class Conversation:
     loss_mask: list[int] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)  # OpenAI format, for humans
     template_messages: list[dict] = field(default_factory=list)  # what the template renders
-    tools: list[dict] = field(default_factory=list)  # offered in the system prompt
+    tools: list[dict] = field(default_factory=list)  # handed to the template with the first messages
 
     @classmethod
     def start(cls, fmt: ChatFormat, system: str, tools: list[dict], user: str) -> Conversation:
-        conv = cls(fmt, tools=list(tools))
-        first = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        conv._append(fmt.encode(fmt.render(first, tools=tools, gen=True)))
-        conv.messages += [dict(m) for m in first]
-        conv.template_messages += [dict(m) for m in first]
+        rendered, template_tools = fmt.opening(system, tools, user)
+        conv = cls(fmt, tools=template_tools)
+        conv._append(fmt.encode(fmt.render(rendered, tools=template_tools, gen=True)))
+        conv.messages += [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        conv.template_messages += rendered
         return conv
 
     def __len__(self) -> int:
@@ -264,7 +328,7 @@ class Conversation:
 
     def add_tool_results(self, results: list[tuple[str | None, str]]) -> None:
         """Insert one `tool` message per (tool name, result text), then the generation prompt."""
-        self._insert([{"role": "tool", "content": text} for _, text in results])
+        self._insert(self.fmt.tool_messages([text for _, text in results]))
         self.messages += [{"role": "tool", "name": name, "content": text} for name, text in results]
 
     def add_user(self, text: str, new_tools: list[dict] | None = None) -> None:

@@ -140,8 +140,9 @@ _EXTEND_BUDGET = 1 << 24
 class HFBackend(Backend):
     name = "hf"
 
-    def __init__(self, policy: str | Path, sampling: Sampling, device: str = "auto"):
-        self.tokenizer = load_tokenizer(policy)
+    def __init__(self, policy: str | Path, sampling: Sampling, device: str = "auto",
+                 chat_template: str | Path | None = None):
+        self.tokenizer = load_tokenizer(policy, chat_template)
         self.device = pick_device(device)
         self.model = load_model(policy, self.device)
         self.sampling = sampling

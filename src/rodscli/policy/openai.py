@@ -71,8 +71,8 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, policy: str | Path, sampling: Sampling, base_url: str, model: str | None = None,
-                 concurrency: int = 16, timeout: float = 600.0):
-        self.tokenizer = load_tokenizer(policy)
+                 concurrency: int = 16, timeout: float = 600.0, chat_template: str | Path | None = None):
+        self.tokenizer = load_tokenizer(policy, chat_template)
         self.sampling = sampling
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model or str(policy)

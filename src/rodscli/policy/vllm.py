@@ -62,12 +62,13 @@ def engine_kwargs(policy: str | Path, gpu_memory_utilization: float, tensor_para
 class VLLMBackend(Backend):
     name = "vllm"
 
-    def __init__(self, policy: str | Path, sampling: Sampling, gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1):
+    def __init__(self, policy: str | Path, sampling: Sampling, gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, chat_template: str | Path | None = None):
         try:
             import vllm
         except ImportError:
             raise BackendError("--backend vllm needs the vllm package (pip install vllm) and a CUDA GPU") from None
-        self.tokenizer = load_tokenizer(policy)
+        self.tokenizer = load_tokenizer(policy, chat_template)
         self.sampling = sampling
         self.policy_id = policy_id(policy)
         self._vllm = vllm

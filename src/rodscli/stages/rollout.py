@@ -53,6 +53,7 @@ class RolloutOptions:
     iteration: int | None = option(None, help="Loop iteration, recorded in each rollout and its group id.")
     device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
     system_prompt: str | None = option(None, help="System prompt for tasks that have none (default: rods' built-in prompt).")
+    chat_template: str | None = option(None, help="Jinja chat template file that replaces the checkpoint's own (as vLLM's --chat-template); needed when the checkpoint has none.")
     base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL; several servers (one per GPU or node) as --base-url repeated or a comma-separated list: requests spread over them and a failing server is routed around.")
     served_model: str | None = option(None, help="openai backend: model name on the server (default: the --policy path).")
     concurrency: int = option(16, help="openai backend: requests in flight at once.")
@@ -333,14 +334,16 @@ def load_backend(policy: str, opts: RolloutOptions) -> Backend:
     if opts.backend == "hf":
         from rodscli.policy.hf import HFBackend
 
-        return HFBackend(policy, sampling, device=opts.device)
+        return HFBackend(policy, sampling, device=opts.device, chat_template=opts.chat_template)
     if opts.backend == "vllm":
         from rodscli.policy.vllm import VLLMBackend
 
-        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization, tensor_parallel_size=opts.tensor_parallel_size)
+        return VLLMBackend(policy, sampling, gpu_memory_utilization=opts.gpu_memory_utilization,
+                           tensor_parallel_size=opts.tensor_parallel_size, chat_template=opts.chat_template)
     from rodscli.policy.openai import OpenAIBackend
     from rodscli.policy.servers import ServerPool, split_urls
 
     urls = split_urls(opts.base_url)
-    clients = [OpenAIBackend(policy, sampling, base_url=u, model=opts.served_model, concurrency=opts.concurrency) for u in urls]
+    clients = [OpenAIBackend(policy, sampling, base_url=u, model=opts.served_model, concurrency=opts.concurrency,
+                            chat_template=opts.chat_template) for u in urls]
     return clients[0] if len(urls) == 1 else ServerPool(urls, clients, opts.concurrency)

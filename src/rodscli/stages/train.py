@@ -95,6 +95,7 @@ class TrainOptions:
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
     shard: str = option("none", help="none: every process holds the whole model (DDP); full: FSDP2 shards weights, gradients and AdamW state over all processes; hybrid: shard within a node, replicate across nodes.")
     activation_checkpointing: bool = option(False, help="Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, ~1/3 more compute).")
+    chat_template: str | None = option(None, help="sft: Jinja chat template file that renders the reference solutions instead of the checkpoint's own (give the rollouts the same one).")
 
     def learning_rate(self, policy: str | Path | None = None) -> float:
         if self.lr is not None:
@@ -512,11 +513,12 @@ def sft(policy: str | Path, rendered: list[dict], out: str | Path, cfg: TrainOpt
     return _run(policy, out, sft_steps(seqs, cfg, seed), {}, cfg, seed, provenance_info, validate)
 
 
-def render_tasks(policy: str | Path, tasks: list[dict]) -> list[dict]:
-    """Every task's reference solution as a teacher-forced sequence, through the rollout engine's renderer."""
-    from transformers import AutoTokenizer
+def render_tasks(policy: str | Path, tasks: list[dict], chat_template: str | Path | None = None) -> list[dict]:
+    """Every task's reference solution as a teacher-forced sequence, through the rollout engine's
+    renderer (with the `chat_template` file instead of the checkpoint's template when given)."""
+    from rodscli.policy.base import load_tokenizer
+    from rodscli.policy.chat import ChatFormat, teacher_forced
 
-    from rodscli.policy.chat import teacher_forced
-
-    tokenizer = AutoTokenizer.from_pretrained(str(policy))
-    return [teacher_forced(tokenizer, task) for task in tasks]
+    tokenizer = load_tokenizer(policy, chat_template)
+    fmt = ChatFormat(tokenizer)
+    return [teacher_forced(tokenizer, task, fmt=fmt) for task in tasks]

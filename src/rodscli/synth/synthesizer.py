@@ -33,6 +33,7 @@ class SynthesizeOptions:
     writer: str = option("template", help="How user turns are written: template (deterministic), or llm (a policy rewrites each template turn; a rewrite is kept only when the critic passes it).")
     policy: str | None = option(None, help="llm writer: the policy checkpoint that rewrites (any Hugging Face checkpoint directory).")
     backend: str = option("hf", help="llm writer: the rollout backend that runs the policy (hf, vllm, openai).")
+    chat_template: str | None = option(None, help="llm writer: Jinja chat template file that replaces the policy checkpoint's own.")
     tolerance: float = option(0.15, help="Largest accepted profile distance between a candidate and its seed (0..1).")
     max_jaccard: float = option(0.7, help="Reject a candidate whose call-sequence Jaccard similarity to a known task or accepted candidate is at least this.")
     attempts: int = option(8, help="Attempts per requested variant (each on a new world) before giving up on it.")

@@ -50,7 +50,8 @@ class LLMWriter(TemplateWriter):
         from rodscli.policy.chat import ChatFormat
         from rodscli.stages.rollout import RolloutOptions, load_backend
 
-        self.backend = load_backend(self.opts.policy, RolloutOptions(backend=self.opts.backend, temperature=0.7))
+        self.backend = load_backend(self.opts.policy, RolloutOptions(backend=self.opts.backend, temperature=0.7,
+                                                                            chat_template=self.opts.chat_template))
         try:
             self.chat = ChatFormat(self.backend.tokenizer)
             kept = self.rewrite(tasks)
