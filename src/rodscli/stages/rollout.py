@@ -32,7 +32,7 @@ from rodscli.envs.base import (
     open_episode,
     tool_name,
 )
-from rodscli.errors import OptionError
+from rodscli.errors import BackendError, OptionError
 from rodscli.policy.base import BACKENDS, Backend, Generation, Request
 from rodscli.policy.chat import DEFAULT_SYSTEM_PROMPT, ChatFormat, Conversation, revealed_tools
 
@@ -48,7 +48,7 @@ class RolloutOptions:
     max_new_tokens: int = option(256, help="Most tokens in one assistant reply (a reply cut off is closed and the episode goes on).")
     max_steps_per_turn: int = option(8, help="Most assistant replies with tool calls inside one user turn (finish_reason max_steps).")
     max_tokens: int = option(4096, help="Most tokens in a whole episode, prompt included (finish_reason max_tokens).")
-    timeout: float = option(600.0, help="Wall-clock seconds an episode may take (finish_reason timeout).")
+    timeout: float = option(600.0, help="Wall-clock seconds an episode may take (finish_reason timeout); the openai backend also gives up on a request after this long (an error).")
     batch_size: int = option(32, help="Episodes in flight at once; their replies are generated together.")
     iteration: int | None = option(None, help="Loop iteration, recorded in each rollout and its group id.")
     device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
@@ -293,7 +293,8 @@ def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, see
                 t = time.perf_counter()
                 gens = backend.generate([r for _, r in asking], fmt.stop_ids)
                 dt = time.perf_counter() - t
-                for (run, _), gen in zip(asking, gens, strict=True):
+                for (run, req), gen in zip(asking, gens, strict=True):
+                    check_generation(gen, req, backend)
                     run.t_generate += dt
                     run.advance(gen)
             still = []
@@ -308,6 +309,14 @@ def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, see
         backend.release([run.key for run in active])
         for run in active:
             run.close()
+
+
+def check_generation(gen: Generation, req: Request, backend: Backend) -> None:
+    """The limits every backend must keep, checked where the reply enters the episode: no
+    more tokens than asked for (so --max-new-tokens and --max-tokens hold), one log-prob each."""
+    if len(gen.token_ids) > req.max_new_tokens or len(gen.logprobs) != len(gen.token_ids):
+        raise BackendError(f"the {backend.name} backend returned {len(gen.token_ids)} tokens and "
+                           f"{len(gen.logprobs)} log-probs for a reply of at most {req.max_new_tokens} tokens")
 
 
 def rollout(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
@@ -345,5 +354,5 @@ def load_backend(policy: str, opts: RolloutOptions) -> Backend:
 
     urls = split_urls(opts.base_url)
     clients = [OpenAIBackend(policy, sampling, base_url=u, model=opts.served_model, concurrency=opts.concurrency,
-                            chat_template=opts.chat_template) for u in urls]
+                             timeout=opts.timeout, chat_template=opts.chat_template) for u in urls]
     return clients[0] if len(urls) == 1 else ServerPool(urls, clients, opts.concurrency)
