@@ -294,8 +294,11 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     first = under & (np.cumsum(under) <= cfg.top_m)
     left = cfg.top_m - int(first.sum()) if cfg.refill else 0
     rest = ~first
-    rows = rows[first | (rest & (np.cumsum(rest) <= left))]
-    # scatter back to the groups' rows: rank = position among the selected, in order
+    return _with_selection(groups, rows[first | (rest & (np.cumsum(rest) <= left))])
+
+
+def _with_selection(groups: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """`selected` and `rank` scattered back to the groups' rows: rank = position in `rows`."""
     selected = np.zeros(groups.height, dtype=bool)
     selected[rows] = True
     rank = np.full(groups.height, -1, dtype=np.int64)
@@ -310,12 +313,7 @@ def select_random(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     """Add `selected` and `rank`: M groups drawn uniformly without replacement from all groups
     (any zone, no per-skill quota), in draw order. The same groups and seed give the same draw."""
     rng = np.random.default_rng(cfg.seed)
-    rows = rng.permutation(groups.height)[: cfg.top_m]
-    selected = np.zeros(groups.height, dtype=bool)
-    selected[rows] = True
-    rank = np.full(groups.height, -1, dtype=np.int64)
-    rank[rows] = np.arange(len(rows))
-    return groups.with_columns(pl.Series("selected", selected), pl.Series("rank", rank).replace(-1, None))
+    return _with_selection(groups, rng.permutation(groups.height)[: cfg.top_m])
 
 
 def _latest_key(group: dict) -> tuple[int, str]:
