@@ -2,6 +2,7 @@
 #   make demo            the embedded default, end to end (tiny policy, built-in domains, CPU)
 #   make test            the test suite (what CI runs)
 #   make loop ITER=50 RUN=runs/NAME PIPELINE=demo   the RODS loop, resumable
+#   make study STUDY=runs/study ARMS='rods static' SEEDS='0 1 2'   arms x seeds, one report
 SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ PYTEST_ARGS ?=
 .PHONY: install test test-fast lint bench clean-venv help
 
 help:
-	@sed -n '1,5p' Makefile
+	@sed -n '1,6p' Makefile
 
 install: $(STAMP) $(MCP_SQLITE)
 
@@ -58,6 +59,8 @@ clean-venv:
 PIPELINE ?= demo
 include pipelines/$(PIPELINE).mk
 include pipelines/loop.mk
+# arms x seeds of the loop, one report with intervals: make study (pipelines/study.mk)
+include pipelines/study.mk
 
 DEMO_RUN ?= runs/compare/demo
 STATIC_RUN ?= runs/compare/static

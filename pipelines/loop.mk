@@ -45,6 +45,10 @@ BATCH ?= 8
 TEMPERATURE ?= 1.0
 MAX_NEW_TOKENS ?= 96
 MAX_TOKENS ?= 1024
+# the training reward `rods score` writes (progress; outcome = the binary-reward ablation)
+REWARD ?= progress
+# how detect picks synthesis seeds: phi (the top boundary groups) or random (the ablation)
+SELECT ?= phi
 ALPHA_LOW ?= 0.20
 ALPHA_HIGH ?= 0.85
 TOP_M ?= 4
@@ -99,12 +103,14 @@ plan = $(word $(2),$(subst :, ,$(1)))
 ckpt_tmp = rm -rf $(1).tmp
 ckpt_commit = rm -rf $(1) && mv $(1).tmp $(1)
 
+SCORE_OPTS = --reward $(REWARD) $(SCORE_ARGS)
 ROLLOUT_OPTS = --backend $(BACKEND) --group-size $(G) --temperature $(TEMPERATURE) --max-new-tokens $(MAX_NEW_TOKENS) --max-tokens $(MAX_TOKENS) $(ROLLOUT_ARGS)
-DETECT_OPTS = --alpha-low $(ALPHA_LOW) --alpha-high $(ALPHA_HIGH) --top-m $(if $(filter on,$(SYNTH)),$(TOP_M),0) $(DETECT_ARGS)
+DETECT_OPTS = --alpha-low $(ALPHA_LOW) --alpha-high $(ALPHA_HIGH) --top-m $(if $(filter on,$(SYNTH)),$(TOP_M),0) --select $(SELECT) $(DETECT_ARGS)
 MERGE_OPTS = --batch-size $(BATCH) --beta $(INJECT_FRAC) --p-max $(P_MAX) --floor $(FLOOR) \
 	$(if $(filter on,$(RETIRE)),,--mastered 2 --unsolvable -1 --stale-iters 1000000) $(MERGE_ARGS)
 SYNTH_OPTS = --per-seed $(if $(filter on,$(SYNTH)),$(PER_SEED),0) $(SYNTH_ARGS)
-TRAIN_OPTS = --lr $(LR) $(TRAIN_ARGS)
+# the update divides logits by the rollouts' temperature, so that its ratios compare like with like
+TRAIN_OPTS = --temperature $(TEMPERATURE) --lr $(LR) $(TRAIN_ARGS)
 EVAL_OPTS = --k $(EVAL_K) $(if $(filter 1,$(EVAL_K)),--greedy,--no-greedy --temperature $(TEMPERATURE)) --backend $(BACKEND) --max-new-tokens $(MAX_NEW_TOKENS) --max-tokens $(MAX_TOKENS) $(EVAL_ARGS)
 
 # ---------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ $(2)/rollouts.parquet: $(3)/next_batch.parquet $(3)/policy | install
 	$$(call rods,$(5)) rollout --policy $(3)/policy --tasks $(3)/next_batch.parquet --iteration $(1) --out $$@ $$(ROLLOUT_OPTS)
 
 $(2)/scored.parquet: $(2)/rollouts.parquet $(3)/next_batch.parquet | install
-	$$(call rods,$(5)) score --rollouts $$< --tasks $(3)/next_batch.parquet --out $$@ $$(SCORE_ARGS)
+	$$(call rods,$(5)) score --rollouts $$< --tasks $(3)/next_batch.parquet --out $$@ $$(SCORE_OPTS)
 
 $(2)/groups.parquet: $(2)/scored.parquet $(4) | install
 	$$(call rods,$(5)) detect --scored $$< $(if $(4),--previous $(4)) --out $$@ $$(DETECT_OPTS)

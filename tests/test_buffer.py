@@ -200,3 +200,18 @@ def test_unseen_tasks_weigh_their_expected_phi():
     for s in range(300):
         seen |= {t["id"] for t in merge_buffer(buf, [], [], MergeOptions(iteration=1, batch_size=10, seed=s))[1]}
     assert len(seen) >= 190
+
+
+def test_beta_zero_never_injects_the_no_inject_ablation():
+    """INJECT_FRAC=0 (the study's no-inject arm): candidates are kept, pending, and never drawn."""
+    buf = seeds(10)
+    for it in range(4):
+        cands = [task(f"c{it}-{i}", "synthetic", "s0", created=it) for i in range(3)]
+        groups = [group(f"s{i}", 0.5, it) for i in range(10)]
+        buf, batch, summary = merge_buffer(buf, groups, cands, MergeOptions(iteration=it, beta=0.0, batch_size=4, seed=it))
+        valid(buf)
+        assert summary["candidates_added"] == 3 and summary.get("activated", 0) == 0
+        assert all(t["origin"] == "seed" for t in batch) and len(batch) == 4
+    pending = [e for e in buf if e["status"] == "pending"]
+    assert len(pending) == 12 and all(e["origin"] == "synthetic" for e in pending)
+    assert {e["status"] for e in buf if e["origin"] == "seed"} == {"active"}

@@ -283,3 +283,39 @@ def test_selection_agrees_with_a_plain_reading_of_the_rule(seed):
         assert [int(g["task_id"][1:]) for g in got] == expected, (top_m, quota, refill)
         assert [g["rank"] for g in got] == list(range(len(expected)))
         assert out["rank"].null_count() == n - len(expected)
+
+
+def test_random_selection_ignores_phi_and_zones_and_depends_only_on_the_seed():
+    """The random-selection ablation: M groups drawn uniformly from all groups, seeded."""
+    rows = scored_rows()
+    phi_pick = by_id(detect(rows, DetectConfig(top_m=4)))
+    draws = []
+    for seed in range(40):
+        groups = detect(rows, DetectConfig(top_m=4, select="random", seed=seed))
+        # the statistics and zones are those of the phi selection; only selected/rank differ
+        for g in groups:
+            same = {k: v for k, v in g.items() if k not in ("selected", "rank")}
+            assert same == {k: v for k, v in phi_pick[g["task_id"]].items() if k not in ("selected", "rank")}
+        chosen = selected(groups)
+        assert len(chosen) == 4 and sorted(by_id(groups)[t]["rank"] for t in chosen) == [0, 1, 2, 3]
+        assert chosen == selected(detect(rows, DetectConfig(top_m=4, select="random", seed=seed)))  # reproducible
+        draws.append(chosen)
+    picked = {t for d in draws for t in d}
+    # over 40 draws of 4 of 11 groups, hard and mastered groups are drawn too (never by phi)
+    assert {"t01", "t02", "t08"} <= picked and len({tuple(d) for d in draws}) > 30
+    # M larger than the groups: every group, in a random order
+    assert sorted(selected(detect(rows, DetectConfig(top_m=50, select="random")))) == sorted(REWARDS)
+    with pytest.raises(OptionError):
+        detect(rows, DetectConfig(select="best"))
+
+
+def test_cli_detect_select_random_uses_the_global_seed(tmp_path):
+    scored = tmp_path / "scored.parquet"
+    records.write_records(scored, scored_rows(), "scored")
+    picks = []
+    for seed, name in ((1, "a"), (1, "b"), (2, "c")):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["-q", "--seed", str(seed), "detect", "--scored", str(scored), "--out", str(out), "--top-m", "3", "--select", "random"]) == 0
+        picks.append(selected(records.read_all(out, "group")))
+    assert picks[0] == picks[1] and len(picks[0]) == 3
+    assert main(["-q", "detect", "--scored", str(scored), "--out", str(tmp_path / "x.jsonl"), "--select", "nope"]) == 2

@@ -389,10 +389,11 @@ def detect(
     refill: bool = typer.Option(field_default(_Detect, "refill"), "--refill/--no-refill", help=field_help(_Detect, "refill")),
     by: str = typer.Option(field_default(_Detect, "by"), "--by", help=field_help(_Detect, "by")),
     ema: float = typer.Option(field_default(_Detect, "ema"), "--ema", help=field_help(_Detect, "ema")),
+    select: str = typer.Option(field_default(_Detect, "select"), "--select", help=field_help(_Detect, "select")),
 ) -> None:
     """Per-task reward statistics (n, mean, var, phi), zones, history and the boundary selection."""
     cfg = _Detect(alpha_low=alpha_low, alpha_high=alpha_high, top_m=top_m, quota_per_skill=quota_per_skill,
-                  refill=refill, by=by, ema=ema)
+                  refill=refill, by=by, ema=ema, select=select, seed=Globals.seed)
     frame = detect_stage.scan_scored(scored, Globals.validate)
     before = records.read_all(previous, "group", Globals.validate) if previous else None
     groups = detect_stage.detect(frame, cfg, before)
@@ -682,13 +683,27 @@ def report(
     out: str = typer.Option(field_default(ReportOptions, "out"), "--out", "-o", help=field_help(ReportOptions, "out")),
     name: list[str] = typer.Option([], "--name", help=field_help(ReportOptions, "names") + " Repeat once per run."),
     plots: bool = typer.Option(field_default(ReportOptions, "plots"), "--plots/--no-plots", help=field_help(ReportOptions, "plots")),
+    study: bool = typer.Option(field_default(ReportOptions, "study"), "--study", help=field_help(ReportOptions, "study")),
+    n_boot: int = typer.Option(field_default(ReportOptions, "n_boot"), "--n-boot", help=field_help(ReportOptions, "n_boot")),
 ) -> None:
-    """HTML report with plots for one or more runs; prints the per-iteration table."""
+    """HTML report with plots for one or more runs (or one study); prints the tables."""
     from rich.console import Console
 
     from rodscli.stages.report import render_tables
     from rodscli.stages.report import report as make_report
 
+    if study:
+        from rodscli.stages import study as study_stage
+
+        if len(runs) != 1 or name:
+            raise RodsError("--study takes one STUDY folder (the arms' names are its sub-folders)", field="RUNS")
+        if n_boot < 100:
+            raise RodsError(f"--n-boot must be at least 100, got {n_boot}", field="--n-boot")
+        summary = study_stage.report_study(runs[0], out, plots=plots, n_boot=n_boot)
+        for table in study_stage.render_tables(summary):
+            Console(width=200).print(table)
+        console.info(f"report: {Path(out) / 'index.html'}")
+        return
     summaries = make_report(runs, ReportOptions(out=out, names=name, plots=plots))
     stdout = Console(width=200)
     for table in render_tables(summaries):

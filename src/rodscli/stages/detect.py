@@ -32,6 +32,7 @@ COLUMNS = {
 }
 REQUIRED = ("task_id", "reward", "skill")
 ZONES = ("hard", "boundary", "mastered")
+SELECTIONS = ("phi", "random")
 # phi values equal up to float rounding (means 0.4 and 0.6) must tie, so ranking compares rounded phi
 _PHI_DIGITS = 12
 
@@ -47,6 +48,8 @@ class DetectConfig:
     refill: bool = option(True, help="Give slots that a skill cannot fill (fewer boundary groups than its quota) to the next best groups of other skills; --no-refill keeps the quota a hard cap.")
     by: str = option("task_id", help="Group rollouts by task_id (default) or group_id.")
     ema: float = option(0.5, help="History weight of the moving average with --previous: ema_mean = ema*previous ema_mean + (1-ema)*mean.")
+    select: str = option("phi", help="How synthesis seeds are chosen: phi (the top-M boundary groups, RODS) or random (M groups drawn uniformly from all groups, whatever their zone, with the global --seed: the paper's random-selection ablation).")
+    seed: int = option(0, help="Seed of --select random.")
 
 
 def _check(cfg: DetectConfig) -> None:
@@ -58,6 +61,8 @@ def _check(cfg: DetectConfig) -> None:
         raise OptionError(f"--by must be task_id or group_id, got {cfg.by!r}")
     if not 0.0 <= cfg.ema <= 1.0:
         raise OptionError(f"--ema must be in [0, 1], got {cfg.ema}")
+    if cfg.select not in SELECTIONS:
+        raise OptionError(f"--select must be one of {', '.join(SELECTIONS)}, got {cfg.select!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,8 +294,11 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
     first = under & (np.cumsum(under) <= cfg.top_m)
     left = cfg.top_m - int(first.sum()) if cfg.refill else 0
     rest = ~first
-    rows = rows[first | (rest & (np.cumsum(rest) <= left))]
-    # scatter back to the groups' rows: rank = position among the selected, in order
+    return _with_selection(groups, rows[first | (rest & (np.cumsum(rest) <= left))])
+
+
+def _with_selection(groups: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """`selected` and `rank` scattered back to the groups' rows: rank = position in `rows`."""
     selected = np.zeros(groups.height, dtype=bool)
     selected[rows] = True
     rank = np.full(groups.height, -1, dtype=np.int64)
@@ -299,6 +307,13 @@ def select_boundary(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
         pl.Series("selected", selected),
         pl.Series("rank", rank).replace(-1, None),
     )
+
+
+def select_random(groups: pl.DataFrame, cfg: DetectConfig) -> pl.DataFrame:
+    """Add `selected` and `rank`: M groups drawn uniformly without replacement from all groups
+    (any zone, no per-skill quota), in draw order. The same groups and seed give the same draw."""
+    rng = np.random.default_rng(cfg.seed)
+    return _with_selection(groups, rng.permutation(groups.height)[: cfg.top_m])
 
 
 def _latest_key(group: dict) -> tuple[int, str]:
@@ -356,7 +371,7 @@ def detect_frame(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: Dete
     else:
         lf = frame_of(scored)
     groups = add_history(group_stats(lf, cfg), previous, cfg.ema)
-    return select_boundary(groups, cfg)
+    return select_random(groups, cfg) if cfg.select == "random" else select_boundary(groups, cfg)
 
 
 def detect(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: DetectConfig | None = None,

@@ -38,6 +38,8 @@ class ReportOptions:
     out: str = option("report", help="Folder for index.html, the PNG plots and summary.json.")
     names: list[str] = option([], help="Label of each run in plots and tables (default: the run folder's name).")
     plots: bool = option(True, help="Draw the PNG plots (matplotlib); --no-plots writes only the table and summary.json.")
+    study: bool = option(False, help="The folder is a study (`make study`: STUDY/ARM/seedS runs): curves with 95% bands across seeds and the final held-out table with differences and paired-bootstrap intervals (stages/study.py); writes study.json.")
+    n_boot: int = option(10_000, help="Bootstrap resamples of each interval (--study).")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+# study — the RODS effect measured as the paper measures it: arms x seeds of `make loop` at one
+# trajectory budget, then `rods report` over the study (curves with 95% bands across seeds, the
+# final held-out table with RODS-minus-static differences and their paired-bootstrap intervals).
+#
+#   make study STUDY=runs/study ARMS='rods static' SEEDS='0 1 2'
+#
+# Included by the Makefile after loop.mk. Every arm x seed is one `make loop` run in
+# STUDY/ARM/seedS, so a study resumes like a loop (Ctrl-C, kill -9: run the same command again);
+# runs go seed by seed (every arm of seed 0 first), so a study cut short stays balanced.
+#
+#   STUDY/start/                the shared starting policy (SFT warm start) and its held-out eval
+#   STUDY/ARM/seedS/            one loop run (pipelines/loop.mk's layout)
+#   STUDY/times.tsv             arm, seed, seconds of each `make loop` call (a resumed run adds a line)
+#   STUDY/report/               rods report over the study (index.html, summary.json, study.json)
+#
+# Every arm starts from the same policy (STUDY/start/setup/policy, one SFT for the whole
+# study) and spends the same budget, STUDY_ITER iterations x BATCH tasks x G rollouts; the
+# seed changes the batches, the rollouts and synthesis, never the start or the held-out tasks.
+
+STUDY ?= runs/study
+ARMS ?= rods static random binary no-retire no-inject
+SEEDS ?= 0 1 2
+# the budget every arm spends, and how often the held-out tasks are evaluated
+STUDY_ITER ?= 16
+STUDY_BATCH ?= 8
+STUDY_G ?= 4
+STUDY_EVAL_EVERY ?= 4
+# the starting policy: the demo's setup with the longer warm start (pipelines/demo.mk, SFT_MORE),
+# and GRPO's learning rate from it (1e-5 kept the warm start where 1e-4 undid it; README, "SFT")
+STUDY_START_SETTINGS ?= SFT_MORE=on
+STUDY_LR ?= 1e-5
+# more settings for every arm (e.g. TRAIN_ARGS='--adv-scale none')
+STUDY_SETTINGS ?=
+# held-out: 96 tasks (2 domains x 4 skills x 12) of world seed 99, never trained on
+STUDY_HELDOUT_CMD ?= $(RODS) --quiet --seed 99 tasks builtin --per-skill 12 --out -
+
+# each arm is a recipe and settings, never a code fork; each changes one thing of `rods`
+ARM_rods := PIPELINE=demo
+# fixed-data GRPO: no synthesis, no retirement, uniform batches (pipelines/static.mk)
+ARM_static := PIPELINE=static
+# synthesis seeds drawn at random from the batch's groups instead of the top-phi boundary groups
+ARM_random := PIPELINE=demo SELECT=random
+# the outcome reward (1 iff every turn passes) instead of progress, for training and detection
+ARM_binary := PIPELINE=demo REWARD=outcome
+# synthetic tasks are never retired (mastered, unsolvable, stale)
+ARM_no-retire := PIPELINE=demo RETIRE=off
+# synthesized tasks stay pending: they never enter the pool the batches are drawn from
+ARM_no-inject := PIPELINE=demo INJECT_FRAC=0
+
+STUDY_START := $(STUDY)/start
+study_run = $(STUDY)/$(1)/seed$(2)
+# the settings of arm $(1) with seed $(2), as `make loop` arguments
+study_args = $(ARM_$(1)) RUN=$(call study_run,$(1),$(2)) SEED=$(2) \
+	POLICY=$(abspath $(STUDY_START))/setup/policy SFT=off \
+	ITER=$(STUDY_ITER) BATCH=$(STUDY_BATCH) G=$(STUDY_G) EVAL_EVERY=$(STUDY_EVAL_EVERY) LR=$(STUDY_LR) \
+	'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)' $(STUDY_SETTINGS)
+
+.PHONY: study study-start study-report
+# the runs are sub-makes of this one, which has made `install` already (-o install: not again)
+study-start: | install
+	$(MAKE) --no-print-directory -o install loop PIPELINE=demo RUN=$(STUDY_START) ITER=0 SEED=0 \
+		'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)' $(STUDY_START_SETTINGS)
+
+# an unknown arm stops the study before anything runs
+ifneq ($(filter study study-%,$(MAKECMDGOALS)),)
+$(foreach a,$(ARMS),$(if $(ARM_$(a)),,$(error unknown arm '$(a)' in ARMS: the arms are $(patsubst ARM_%,%,$(filter ARM_%,$(.VARIABLES))))))
+endif
+
+define STUDY_RUN
+.PHONY: study-$(1)-$(2)
+study-$(1)-$(2): study-start | install
+	@mkdir -p $(STUDY) && start=$$$$SECONDS && \
+	$$(MAKE) --no-print-directory -o install loop $$(call study_args,$(1),$(2)) && \
+	printf '%s\t%s\t%d\n' $(1) $(2) $$$$(( SECONDS - start )) >> $(STUDY)/times.tsv
+endef
+$(foreach s,$(SEEDS),$(foreach a,$(ARMS),$(eval $(call STUDY_RUN,$(a),$(s)))))
+
+# every arm x seed, in order, then the report over the study
+study: $(foreach s,$(SEEDS),$(foreach a,$(ARMS),study-$(a)-$(s))) | install
+	$(RODS) $(RODS_FLAGS) report $(STUDY) --study --out $(STUDY)/report
+	@echo "report: $(STUDY)/report/index.html"
+
+# the report of a study as it stands (also one still running)
+study-report: | install
+	$(RODS) $(RODS_FLAGS) report $(STUDY) --study --out $(STUDY)/report

@@ -1,0 +1,236 @@
+"""`rods report STUDY --study` on a hand-made study, and `make study`'s plan: each ablation arm
+changes exactly the stage options it names and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rodscli import records
+from rodscli.cli import main
+from rodscli.stages import study
+from rodscli.stages.eval import SKILLS, EvalOptions, aggregate, task_record
+
+REPO = Path(__file__).resolve().parents[1]
+N_TASKS = 8  # two per skill
+
+
+def _eval_file(path: Path, iteration: int, progress: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = EvalOptions(iteration=iteration)
+    tasks = []
+    for i, p in enumerate(progress):
+        episode = {"task_id": f"h{i}", "skill": SKILLS[i % 4], "outcome": 1.0 if p >= 1.0 else 0.0, "progress": p,
+                   "validity": 1.0, "calls": [], "finish_reason": "done"}
+        tasks.append(task_record([episode], None, "ckpt", cfg))
+    records.write_records(path, tasks + aggregate(tasks), "eval")
+
+
+def _groups(path: Path, informative: int, n_groups: int = 4) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_groups):
+        mean = 0.5 if i < informative else 0.0
+        rows.append({"task_id": f"t{i}", "skill": "base", "n": 4, "mean": mean, "var": 0.25 if mean else 0.0,
+                     "min": 0.0, "max": 1.0 if mean else 0.0, "phi": 4 * mean * (1 - mean), "zone": "boundary" if mean else "hard",
+                     "informative": bool(mean), "selected": False, "rank": None})
+    records.write_records(path, rows, "group")
+
+
+START = [0.0, 0.5, 0.25, 0.0, 1.0, 0.5, 0.0, 0.25]
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    """rods: 3 seeds, static: 3 seeds, random: 2 seeds; 2 iterations, held-out after each.
+    static gains 0.1 on every task over the start in every seed; rods gains 0.1 + 0.05 x (seed + 1)
+    (so rods - static = 0.05, 0.10, 0.15 by seed, 0.10 on average); random gains nothing."""
+    root = tmp_path / "study"
+    gains = {"rods": [0.15, 0.20, 0.25], "static": [0.1, 0.1, 0.1], "random": [0.0, 0.0]}
+    for arm, per_seed in gains.items():
+        for seed, gain in enumerate(per_seed):
+            run = root / arm / f"seed{seed}"
+            _eval_file(run / "setup" / "eval.parquet", 0, START)
+            for n in range(2):
+                _groups(run / f"iter_{n:03d}" / "groups.parquet", informative=1 + seed + n)
+                _eval_file(run / f"iter_{n:03d}" / "eval.parquet", n + 1, [min(1.0, p + gain * (n + 1) / 2) if p < 1 else p for p in START])
+    (root / "times.tsv").write_text("rods\t0\t100\nrods\t0\t20\nstatic\t0\t90\n")
+    return root
+
+
+def test_study_runs_are_found_in_the_papers_order(study_dir):
+    arms = study.study_runs(study_dir)
+    assert list(arms) == ["rods", "static", "random"]
+    assert list(arms["rods"]) == [0, 1, 2] and list(arms["random"]) == [0, 1]
+
+
+def test_curves_are_means_with_bands_across_seeds(study_dir):
+    s = study.summarize_study(study_dir, n_boot=200)
+    inf = s["curves"]["rods"]["informative"]
+    # iteration 0: seeds have 1, 2, 3 of 4 groups informative -> mean 0.5, s = 0.25, t(2) = 4.3027
+    assert inf[0]["x"] == 0 and inf[0]["n"] == 3 and inf[0]["mean"] == pytest.approx(0.5)
+    assert inf[0]["high"] - inf[0]["mean"] == pytest.approx(4.3027 * 0.25 / 3 ** 0.5, abs=1e-4)
+    held = s["curves"]["static"]["heldout_progress"]
+    assert [p["x"] for p in held] == [0, 1, 2]
+    # every seed of static is the same: a zero-width band
+    assert held[2]["low"] == pytest.approx(held[2]["mean"]) == pytest.approx(held[2]["high"])
+
+
+def test_final_table_and_paired_differences(study_dir):
+    s = study.summarize_study(study_dir, n_boot=2000)
+    final = s["final"]
+    assert final["iteration"] == 2 and final["n_tasks"] == N_TASKS
+    assert final["columns"] == ["overall", *SKILLS]
+    # task 4 starts at 1.0 and cannot gain: static's overall gain is 0.1 on 7 of 8 tasks
+    assert final["vs_start"]["static"]["progress/overall"]["diff"] == pytest.approx(0.1 * 7 / 8)
+    assert final["vs_start"]["static"]["progress/overall"]["excludes_zero"]
+    d = final["vs_baseline"]["rods"]["progress/overall"]
+    assert d["diff"] == pytest.approx(0.1 * 7 / 8) and d["seeds"] == [0, 1, 2]
+    # the seeds' differences are 0.05, 0.10, 0.15 (x 7/8): the interval spans them, excludes 0
+    assert 0.0 < d["low"] < d["diff"] < d["high"] < 0.15
+    # random has seeds 0 and 1 only: paired with static's seeds 0 and 1; it gained nothing
+    r = final["vs_baseline"]["random"]["progress/overall"]
+    assert r["seeds"] == [0, 1] and r["diff"] == pytest.approx(-0.1 * 7 / 8)
+    # per skill: base holds tasks 0 and 4 (4 is at 1.0), so static's base gain is 0.05
+    assert final["arms"]["static"]["progress/base"] == pytest.approx((0.1 + 1.0) / 2)
+    assert "static" not in final["vs_baseline"]
+    assert s["times"]["rods"]["0"] == 120 and s["time_total_s"] == 210
+
+
+def test_budget_to_match_the_baseline(study_dir):
+    s = study.summarize_study(study_dir, n_boot=200)
+    m = s["budget_to_match"]
+    # static's final mean is reached by rods after 1 of static's 2 iterations (its half-way gain
+    # is 0.1 on average, as static's final): fraction 0.5; random never reaches it
+    assert m["rods"]["iteration"] == 1 and m["rods"]["fraction"] == 0.5
+    assert m["random"]["iteration"] is None
+
+
+def test_cli_study_report_writes_page_json_and_table(study_dir, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(study_dir), "--study", "--out", str(out), "--n-boot", "500", "--no-plots"]) == 0
+    data = json.loads((out / "study.json").read_text())
+    assert data["final"]["vs_baseline"]["rods"]["progress/overall"]["excludes_zero"] is True
+    page = (out / "index.html").read_text()
+    assert "rods - static" in page and "held-out progress" in page
+    header, rows = study.table_cells(data, "progress")
+    assert header[:3] == ["arm", "seeds", "overall"]
+    assert rows[0][:3] == ["rods", "3", f"{100 * data['final']['arms']['rods']['progress/overall']:.2f}"]
+    assert re.match(r"\+8\.75 \[\+\d\.\d\d, \+\d+\.\d\d\]\*", rows[1][2])
+    assert "rods - static" in capsys.readouterr().out
+
+
+def test_cli_study_report_draws_the_bands(study_dir, tmp_path):
+    out = tmp_path / "rep"
+    assert main(["report", str(study_dir), "--study", "--out", str(out), "--n-boot", "200"]) == 0
+    assert (out / "training.png").stat().st_size > 1000 and (out / "heldout.png").stat().st_size > 1000
+
+
+def test_cli_study_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--study", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no ARM/seedS run folders" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "s"
+    _eval_file(bad / "rods" / "seed0" / "setup" / "eval.parquet", 0, START)
+    (bad / "times.tsv").write_text("rods\tzero\t1\n")
+    assert main(["report", str(bad), "--study", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "times.tsv:1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# make study: the plans
+
+
+# retirement off: thresholds no task can cross
+RETIRE_OFF = ["+ --mastered 2", "+ --stale-iters 1000000", "+ --unsolvable -1"]
+ABLATIONS = {
+    # arm: the options (of the stage lines) it changes against the rods arm, and nothing else
+    "static": {"detect": ["--top-m 4 -> --top-m 0"], "synthesize": ["--per-seed 2 -> --per-seed 0"],
+               "merge-buffer": ["--floor 0.05 -> --floor 1.0", *RETIRE_OFF]},
+    "random": {"detect": ["--select phi -> --select random"]},
+    "binary": {"score": ["--reward progress -> --reward outcome"]},
+    "no-retire": {"merge-buffer": RETIRE_OFF},
+    "no-inject": {"merge-buffer": ["--beta 0.2 -> --beta 0"]},
+}
+
+
+def _plan(tmp_path: Path, arms: str, *extra: str) -> list[str]:
+    root = tmp_path / "st"
+    (root / "start" / "setup" / "policy").mkdir(parents=True, exist_ok=True)  # as if study-start had run
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", "install", "-n", "study",
+                           f"STUDY={root}", f"ARMS={arms}", "SEEDS=0 1", "STUDY_ITER=2", *extra],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def _stage_lines(lines: list[str], arm: str, seed: int) -> dict[str, list[str]]:
+    """{stage: its command lines} of one arm x seed run, with the arm's folder name made neutral."""
+    out: dict[str, list[str]] = {}
+    for ln in lines:
+        m = re.search(r"rods\s+--seed \d+ ([a-z-]+) ", ln)
+        if m and f"/{arm}/seed{seed}/" in ln:
+            out.setdefault(m.group(1), []).append(ln.replace(f"/{arm}/seed{seed}/", "/ARM/"))
+    return out
+
+
+def _options(line: str) -> tuple[list[str], dict[str, str]]:
+    """A command line as (its words before the first option, {option: value or ''})."""
+    words = line.split()
+    head = next((i for i, w in enumerate(words) if w.startswith("--") and i > words.index("--seed") + 1), len(words))
+    opts, i = {}, head
+    while i < len(words):
+        has_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+        opts[words[i]] = words[i + 1] if has_value else ""
+        i += 2 if has_value else 1
+    return words[:head], opts
+
+
+def _option_changes(before: str, after: str) -> list[str]:
+    (cmd_a, a), (cmd_b, b) = _options(before), _options(after)
+    assert cmd_a == cmd_b
+    changes = [f"+ {k} {b[k]}".strip() for k in b if k not in a] + [f"- {k}" for k in a if k not in b]
+    return changes + [f"{k} {a[k]} -> {k} {b[k]}" for k in a if k in b and a[k] != b[k]]
+
+
+@pytest.mark.parametrize("arm", list(ABLATIONS))
+def test_each_ablation_changes_exactly_what_it_names(tmp_path, arm):
+    lines = _plan(tmp_path, f"rods {arm}")
+    for seed in (0, 1):
+        base, abl = _stage_lines(lines, "rods", seed), _stage_lines(lines, arm, seed)
+        assert set(base) == set(abl) and len(base["rollout"]) == 2 and len(base["eval"]) == 2
+        for stage in base:
+            changed = sorted({c for x, y in zip(base[stage], abl[stage], strict=True) for c in _option_changes(x, y)})
+            assert changed == sorted(ABLATIONS[arm].get(stage, [])), (arm, stage, changed)
+
+
+def test_study_plan_shares_start_budget_and_held_out(tmp_path):
+    lines = _plan(tmp_path, "rods static", "STUDY_BATCH=5", "STUDY_G=3")
+    root = tmp_path / "st"
+    # one shared start (an SFT warm start, then the 96 held-out tasks of world seed 99)
+    assert sum(f"--out {root}/start/setup/policy.tmp" in ln for ln in lines) == 1
+    assert any("--seed 99 tasks builtin --per-skill 12" in ln and "start/setup/heldout.jsonl" in ln for ln in lines)
+    runs = [ln for ln in lines if "-o install loop" in ln and "RUN=" in ln and "/start" not in ln.split("RUN=")[1].split()[0]]
+    # seed by seed: every arm of seed 0 before seed 1
+    assert [re.search(r"RUN=\S+/(\w+)/seed(\d)", ln).groups() for ln in runs] == [("rods", "0"), ("static", "0"), ("rods", "1"), ("static", "1")]
+    for ln in runs:
+        assert f"POLICY={root}/start/setup/policy" in ln and "SFT=off" in ln
+        assert "ITER=2 BATCH=5 G=3" in ln and "--seed 99 tasks builtin --per-skill 12" in ln
+    rollouts = [ln for ln in lines if " rollout " in ln and "rods" in ln]
+    assert len(rollouts) == 8 and all("--group-size 3" in ln for ln in rollouts)
+    assert lines[-2].endswith(f"report {root} --study --out {root}/report")
+
+
+def test_unknown_arm_stops_before_anything_runs(tmp_path):
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", "install", "-n", "study",
+                           f"STUDY={tmp_path}/st", "ARMS=rods nope"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown arm 'nope'" in proc.stderr and "rods" not in proc.stdout
