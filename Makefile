@@ -29,7 +29,7 @@ $(MCP_SQLITE):
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,serving]'
 	@# BFCL's simulators and tasks: its own dependency pins are heavy and not needed for them
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps bfcl-eval mpmath
 	@touch $(STAMP)
