@@ -27,7 +27,14 @@ from rodscli.envs.builtin import seed_tasks
 from rodscli.errors import BackendError, OptionError
 from rodscli.stages.synthesize import SynthesizeOptions, synthesize
 from rodscli.teacher import TeacherOptions, teach
-from rodscli.teacher.agents import answer_text, gate_context, gate_turn, parse_verdict, state_view, task_values
+from rodscli.teacher.agents import (
+    answer_text,
+    gate_context,
+    gate_turn,
+    parse_verdict,
+    state_view,
+    task_values,
+)
 from rodscli.teacher.client import ChatClient, ChatRequest
 from rodscli.teacher.prompts import NAMES, load_prompts
 
