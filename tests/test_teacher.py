@@ -213,6 +213,12 @@ def test_prompts_are_packaged_and_overridable(tmp_path):
     assert mine["rewrite"].fill(request="hi", values="x") == "Say it better: hi"
     assert mine["rewrite"].sha256 == hashlib.sha256(b"Say it better: $request").hexdigest()
     assert mine["critique"] == packaged["critique"]
+    assert mine["rewrite"].messages(request="hi") == [{"role": "user", "content": "Say it better: hi"}]
+    # worked examples first: `### user` / `### assistant` sections, the fields filled in the last
+    shots = packaged["critique"].messages(task="Requests:\n1. Do it.")
+    assert [m["role"] for m in shots] == ["user", "assistant", "user", "assistant", "user"]
+    assert all(parse_verdict(m["content"]) for m in shots if m["role"] == "assistant")
+    assert "Requests:\n1. Do it." in shots[-1]["content"] and "$task" not in shots[-1]["content"]
     with pytest.raises(OptionError):
         load_prompts(tmp_path / "missing")
 
@@ -237,7 +243,7 @@ def test_critique_counts_rejections_by_reason(scripted):
     assert stats["critique_rejected"] == {"critique_invalid": 1, "critique_not_clear": 1,
                                           "critique_not_answerable": 1, "critique_not_consistent": 0}
     assert set(stats["prompts"]) == {"critique"} and stats["written"] == 1
-    shown = server.bodies[0]["messages"][0]["content"]
+    shown = server.bodies[0]["messages"][-1]["content"]
     assert cands[0]["user_turns"][0] in shown and cands[0]["reference"][0][0]["name"] in shown
 
 

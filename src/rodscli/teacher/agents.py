@@ -57,10 +57,11 @@ def request_seed(*parts: Any) -> int:
     return zlib.crc32(":".join(map(str, parts)).encode())
 
 
-def ask(prompt: str, seed: int) -> ChatRequest:
-    """One request: the filled prompt as the user's message (small instruction-tuned models
-    follow an instruction in the user turn far better than in a system message)."""
-    return ChatRequest([{"role": "user", "content": prompt}], seed)
+def ask(prompt: Prompt, seed: int, **fields: str) -> ChatRequest:
+    """One request: the filled prompt as the user's message, after its worked examples (small
+    instruction-tuned models follow an instruction in the user turn far better than in a
+    system message)."""
+    return ChatRequest(prompt.messages(**fields), seed)
 
 
 def task_values(task: dict) -> set[str]:
@@ -105,8 +106,8 @@ class Rewriter:
             values = task_values(t)
             for k, turn in enumerate(t["user_turns"]):
                 jobs.append((t, k, values))
-                requests.append(ask(self.prompt.fill(values=_named(turn, values), request=turn),
-                                    request_seed(self.seed, "rewrite", t["id"], k)))
+                requests.append(ask(self.prompt, request_seed(self.seed, "rewrite", t["id"], k),
+                                    values=_named(turn, values), request=turn))
         kept = 0
         for (t, k, values), answer in zip(jobs, self.client.complete(requests), strict=True):
             text = answer_text(answer)
@@ -167,7 +168,7 @@ class Critic:
         self.client, self.prompt, self.seed = client, prompt, seed
 
     def run(self, tasks: list[dict]) -> tuple[list[dict], Counter]:
-        requests = [ask(self.prompt.fill(task=critique_message(t)), request_seed(self.seed, "critique", t["id"]))
+        requests = [ask(self.prompt, request_seed(self.seed, "critique", t["id"]), task=critique_message(t))
                     for t in tasks]
         kept, rejected = [], Counter()
         for t, answer in zip(tasks, self.client.complete(requests), strict=True):
@@ -229,13 +230,13 @@ class Augmenter:
             for j in range(self.paraphrases):
                 for k, turn in enumerate(t["user_turns"]):
                     jobs.append((t, j, k))
-                    requests.append(ask(self.paraphrase.fill(values=_named(turn, values), request=turn),
-                                        request_seed(self.seed, "paraphrase", t["id"], j, k)))
+                    requests.append(ask(self.paraphrase, request_seed(self.seed, "paraphrase", t["id"], j, k),
+                                        values=_named(turn, values), request=turn))
                 if t["skill"] == "long_context":
                     topic = ", ".join(sorted({c["name"].replace("_", " ") for turn in t["reference"] for c in turn})[:3])
                     jobs.append((t, j, -1))
-                    requests.append(ask(self.distract.fill(topic=topic or "a task"),
-                                        request_seed(self.seed, "distract", t["id"], j)))
+                    requests.append(ask(self.distract, request_seed(self.seed, "distract", t["id"], j),
+                                        topic=topic or "a task"))
         answers: dict[tuple[str, int], dict[int, str]] = {}
         for (t, j, k), answer in zip(jobs, self.client.complete(requests), strict=True):
             answers.setdefault((t["id"], j), {})[k] = answer_text(answer)

@@ -4,14 +4,16 @@ rewrite.md (Rewrite), critique.md (Critique), paraphrase.md and distract.md (Aug
 the user message of its step, with `$name` fields filled in per request (string.Template:
 braces in a prompt are plain text): `$request` the user turn, `$values` the values it must
 keep, `$task` the candidate shown to the critic, `$topic` the tools of a long_context task.
-A directory given with `--teacher-prompts` replaces
-the packaged file of each name it holds. Every prompt's sha256 and source go into the
+A file may open with worked examples (see
+`Prompt.messages`). A directory given with `--teacher-prompts` replaces the packaged file
+of each name it holds. Every prompt's sha256 and source go into the
 output's provenance, so a candidate file says which prompts made it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +36,16 @@ class Prompt:
 
     def fill(self, **fields: str) -> str:
         return Template(self.text).safe_substitute(fields).strip()
+
+    def messages(self, **fields: str) -> list[dict]:
+        """The chat messages of one request. A file is one user message, or worked examples
+        first: sections headed by a line `### user` or `### assistant`, the last one the user
+        message with the fields (small models copy a format shown in an earlier turn far
+        more reliably than one described)."""
+        parts = re.split(r"^### (user|assistant)[ \t]*$", self.fill(**fields), flags=re.M)
+        if len(parts) == 1:
+            return [{"role": "user", "content": parts[0].strip()}]
+        return [{"role": role, "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2], strict=True)]
 
 
 def load_prompts(directory: str | Path | None = None) -> dict[str, Prompt]:
