@@ -33,7 +33,7 @@ from rodscli import records
 from rodscli.envs.bfcl import BFCLTasksOptions, bfcl_tasks
 from rodscli.envs.builtin import seed_tasks
 from rodscli.stages.synthesize import SynthesizeOptions, synthesize
-from rodscli.teacher import TeacherOptions
+from rodscli.synth.teacher import TeacherOptions
 
 
 def distinct_2(turns: list[str]) -> float:

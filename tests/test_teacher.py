@@ -26,8 +26,8 @@ from rodscli.envs.base import replay_reference
 from rodscli.envs.builtin import seed_tasks
 from rodscli.errors import BackendError, OptionError
 from rodscli.stages.synthesize import SynthesizeOptions, synthesize
-from rodscli.teacher import TeacherOptions, teach
-from rodscli.teacher.agents import (
+from rodscli.synth.teacher import TeacherOptions, teach
+from rodscli.synth.teacher.agents import (
     answer_text,
     gate_context,
     gate_turn,
@@ -35,8 +35,8 @@ from rodscli.teacher.agents import (
     state_view,
     task_values,
 )
-from rodscli.teacher.client import ChatClient, ChatRequest
-from rodscli.teacher.prompts import NAMES, load_prompts
+from rodscli.synth.teacher.client import ChatClient, ChatRequest
+from rodscli.synth.teacher.prompts import NAMES, load_prompts
 
 # ------------------------------------------------------------------------------- servers
 

@@ -36,7 +36,7 @@ from rodscli.stages.eval import EvalOptions
 from rodscli.stages.report import ReportOptions
 from rodscli.stages.rollout import RolloutOptions
 from rodscli.stages.train import TrainOptions
-from rodscli.teacher import TeacherOptions, teacher_summary
+from rodscli.synth.teacher import TeacherOptions, teacher_summary
 
 app = typer.Typer(
     name="rods",

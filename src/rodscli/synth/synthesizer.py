@@ -190,7 +190,7 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
                teacher: Any = None) -> tuple[list[dict], dict]:
     """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason).
 
-    With `teacher` (a `rodscli.teacher.TeacherOptions` with a URL) the accepted variants go
+    With `teacher` (a `rodscli.synth.teacher.TeacherOptions` with a URL) the accepted variants go
     through the teacher's Rewrite, Critique and Augment agents, counted in stats["teacher"]."""
     if teacher is not None and teacher.url and opts.writer != "template":
         raise OptionError("--teacher-url rewrites the template writer's turns: drop --writer llm", field="--writer")
@@ -202,7 +202,7 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
     stats = synth.stats(len(out), len(seeds) * opts.per_seed)
     stats.update(synth.writer.revise(out))
     if teacher is not None and teacher.url:
-        from rodscli.teacher import teach
+        from rodscli.synth.teacher import teach
 
         out, stats["teacher"] = teach(out, teacher, opts.seed)
     return out, stats

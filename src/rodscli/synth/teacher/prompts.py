@@ -1,4 +1,4 @@
-"""The teacher's prompts: one text file per agent step, shipped in the package (teacher/prompts/).
+"""The teacher's prompts: one text file per agent step, shipped in the package (synth/teacher/prompts/).
 
 rewrite.md (Rewrite), critique.md (Critique), paraphrase.md and distract.md (Augment). Each is
 the user message of its step, with `$name` fields filled in per request (string.Template:
@@ -50,7 +50,7 @@ class Prompt:
 
 def load_prompts(directory: str | Path | None = None) -> dict[str, Prompt]:
     """The packaged prompts, each replaced by `directory`/<name>.md where that file exists."""
-    root = resources.files("rodscli").joinpath("teacher", "prompts")
+    root = resources.files("rodscli").joinpath("synth", "teacher", "prompts")
     prompts = {n: Prompt(n, root.joinpath(f"{n}.md").read_text(encoding="utf-8"), "package") for n in NAMES}
     if directory is not None:
         where = Path(directory)

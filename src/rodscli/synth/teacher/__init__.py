@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from rodscli.config import option
 from rodscli.errors import OptionError
-from rodscli.teacher.agents import CRITIQUE_REASONS, Augmenter, Critic, Rewriter
-from rodscli.teacher.client import ChatClient
-from rodscli.teacher.prompts import load_prompts, provenance
+from rodscli.synth.teacher.agents import CRITIQUE_REASONS, Augmenter, Critic, Rewriter
+from rodscli.synth.teacher.client import ChatClient
+from rodscli.synth.teacher.prompts import load_prompts, provenance
 
 AGENTS = ("rewrite", "critique", "augment")
 

@@ -33,9 +33,9 @@ from typing import Any
 import jsonschema
 
 from rodscli.envs.base import replay_reference
+from rodscli.synth.teacher.client import ChatClient, ChatRequest
+from rodscli.synth.teacher.prompts import Prompt
 from rodscli.synth.write import critique, value_text
-from rodscli.teacher.client import ChatClient, ChatRequest
-from rodscli.teacher.prompts import Prompt
 
 VERDICT = {
     "type": "object",
