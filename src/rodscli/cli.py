@@ -37,6 +37,7 @@ from rodscli.stages.report import ReportOptions
 from rodscli.stages.rollout import RolloutOptions
 from rodscli.stages.tau2 import Tau2TasksOptions
 from rodscli.stages.train import TrainOptions
+from rodscli.synth.teacher import TeacherOptions, teacher_summary
 
 app = typer.Typer(
     name="rods",
@@ -414,6 +415,10 @@ def _synth_opt(name: str, *flags: str):
     return typer.Option(field_default(_Synth, name), *flags, help=field_help(_Synth, name))
 
 
+def _teacher_opt(name: str, *flags: str):
+    return typer.Option(field_default(TeacherOptions, name), *flags, help=field_help(TeacherOptions, name))
+
+
 @app.command()
 def synthesize(
     out: str = typer.Option(..., "--out", "-o", help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
@@ -432,6 +437,17 @@ def synthesize(
     policy: str = _synth_opt("policy", "--policy"),
     backend: str = _synth_opt("backend", "--backend"),
     chat_template: str = _synth_opt("chat_template", "--chat-template"),
+    teacher_url: str = _teacher_opt("url", "--teacher-url"),
+    teacher_model: str = _teacher_opt("model", "--teacher-model"),
+    teacher_key_env: str = _teacher_opt("key_env", "--teacher-key-env"),
+    teacher_agents: str = _teacher_opt("agents", "--teacher-agents"),
+    paraphrases: int = _teacher_opt("paraphrases", "--paraphrases"),
+    teacher_concurrency: int = _teacher_opt("concurrency", "--teacher-concurrency"),
+    teacher_timeout: float = _teacher_opt("timeout", "--teacher-timeout"),
+    teacher_retries: int = _teacher_opt("retries", "--teacher-retries"),
+    teacher_temperature: float = _teacher_opt("temperature", "--teacher-temperature"),
+    teacher_max_tokens: int = _teacher_opt("max_tokens", "--teacher-max-tokens"),
+    teacher_prompts: str = _teacher_opt("prompts", "--teacher-prompts"),
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
@@ -458,13 +474,19 @@ def synthesize(
     else:
         by_id = {t["id"]: t for t in known}
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
-    candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress)
+    teacher = TeacherOptions(url=teacher_url, model=teacher_model, key_env=teacher_key_env, agents=teacher_agents,
+                             paraphrases=paraphrases, concurrency=teacher_concurrency, timeout=teacher_timeout,
+                             retries=teacher_retries, temperature=teacher_temperature,
+                             max_tokens=teacher_max_tokens, prompts=teacher_prompts)
+    candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
     inputs = [p for p in (groups, tasks, buffer, seeds) if p]
     records.write_records(out, candidates, "task", validate=Globals.validate,
                           provenance_info=provenance(inputs, iteration=iteration, synthesis=stats))
     rejected = ", ".join(f"{k}={v}" for k, v in stats["rejected"].items())
     if "rewritten_turns" in stats:
         rejected += f"; llm writer: {stats['rewritten_turns']}/{stats['turns']} turns rewritten, the rest kept from the template"
+    if "teacher" in stats:
+        rejected += "; teacher: " + teacher_summary(stats["teacher"])
     console.info(f"synthesize: {len(seed_list)} seed(s), {stats['accepted']}/{stats['requested']} variants accepted "
                  f"in {stats['attempted']} attempts; rejected: {rejected} -> {out}")
 

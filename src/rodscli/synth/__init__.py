@@ -13,6 +13,8 @@ world, the entities and the wording are new. One module per step:
     execute.py    the plan grounded and run with bounded repair
     filters.py    the checks a candidate must pass (trivial, near-duplicate, Phi, replay)
     write/        the user turns: template (deterministic) or llm (a policy rewrites)
+    teacher/      a teacher model behind a chat server (--teacher-url): Rewrite, Critique and
+                  Augment agents over the accepted candidates (docs/teacher.md)
     synthesizer.py  `synthesize()`: the steps composed, per seed and attempt
 
 The synthesizer names no environment family: what it needs from one (a fresh world, the

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
@@ -186,8 +187,14 @@ def _long_lived_frozen() -> Iterator[None]:
 
 
 def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
-               progress: Callable[[list, str], Iterable] | None = None) -> tuple[list[dict], dict]:
-    """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason)."""
+               progress: Callable[[list, str], Iterable] | None = None,
+               teacher: Any = None) -> tuple[list[dict], dict]:
+    """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason).
+
+    With `teacher` (a `rodscli.synth.teacher.TeacherOptions` with a URL) the accepted variants go
+    through the teacher's Rewrite, Critique and Augment agents, counted in stats["teacher"]."""
+    if teacher is not None and teacher.url and opts.writer != "template":
+        raise OptionError("--teacher-url rewrites the template writer's turns: drop --writer llm", field="--writer")
     synth = Synthesizer(opts, known)
     out: list[dict] = []
     with _long_lived_frozen():
@@ -195,6 +202,10 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
             out.extend(synth.variants(seed))
     stats = synth.stats(len(out), len(seeds) * opts.per_seed)
     stats.update(synth.writer.revise(out))
+    if teacher is not None and teacher.url:
+        from rodscli.synth.teacher import teach
+
+        out, stats["teacher"] = teach(out, teacher, opts.seed)
     return out, stats
 
 

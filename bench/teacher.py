@@ -1,0 +1,137 @@
+"""Benchmark the teacher in synthesis against the template writer, in the same run.
+
+Seeds: the first --builtin built-in seeds (per_skill 60 order: every domain and skill) and
+--bfcl BFCL training seeds spread over the split, x --per-seed variants. The template
+writer runs first (the baseline), then the same synthesis with `--teacher-checkpoint`
+served by `transformers serve` on 127.0.0.1 (started here, so its CPU time is counted)
+and all three agents. Printed and written to --out/summary.json:
+
+- rewrite acceptance: the share of user turns whose teacher rewrite passed the
+  programmatic gate (the rest keep the template's turn); the share of candidates the
+  critique accepted, and the augmented copies that passed their gates and replay;
+- distinct-bigram diversity (distinct-2: distinct word bigrams / all word bigrams) of the
+  user turns written, template vs teacher;
+- candidates per CPU second: candidates written / CPU seconds (this process, plus the
+  server's user+system time for the teacher run), and the ratio to the template's.
+
+    .venv/bin/python bench/teacher.py --teacher-checkpoint CKPT [--builtin 50 --bfcl 50 --per-seed 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rodscli import records
+from rodscli.envs.bfcl import BFCLTasksOptions, bfcl_tasks
+from rodscli.envs.builtin import seed_tasks
+from rodscli.stages.synthesize import SynthesizeOptions, synthesize
+from rodscli.synth.teacher import TeacherOptions
+
+
+def distinct_2(turns: list[str]) -> float:
+    """Distinct word bigrams over all word bigrams of the turns (each turn on its own)."""
+    grams = []
+    for t in turns:
+        words = re.findall(r"[a-z0-9']+", t.lower())
+        grams += zip(words, words[1:], strict=False)
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def server_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its waited-for children (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def serve(checkpoint: str, port: int, log: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("transformers")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([str(exe), "serve", checkpoint, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"transformers serve did not come up: see {log}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher-checkpoint", required=True, help="A local checkpoint for `transformers serve`.")
+    ap.add_argument("--builtin", type=int, default=50)
+    ap.add_argument("--bfcl", type=int, default=50)
+    ap.add_argument("--per-seed", type=int, default=4)
+    ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--out", default="runs/bench-teacher")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    builtin = seed_tasks(per_skill=60)
+    train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
+    seeds = builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []
+    seeds += train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
+    opts = SynthesizeOptions(per_seed=args.per_seed)
+
+    start = time.process_time()
+    plain, _ = synthesize(seeds, seeds, opts)
+    plain_cpu = time.process_time() - start
+    records.write_records(out / "template.jsonl", plain, "task")
+
+    proc = serve(args.teacher_checkpoint, args.port, out / "serve.log")
+    try:
+        teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
+                                 concurrency=args.concurrency, max_tokens=args.max_tokens)
+        server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
+        taught, stats = synthesize(seeds, seeds, opts, teacher=teacher)
+        client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
+        wall = time.monotonic() - wall
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    records.write_records(out / "teacher.jsonl", taught, "task", provenance_info={"synthesis": stats})
+
+    t = stats["teacher"]
+    summary = {
+        "seeds": {"builtin": args.builtin, "bfcl": args.bfcl}, "per_seed": args.per_seed,
+        "teacher": args.teacher_checkpoint, "max_tokens": args.max_tokens,
+        "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
+                     "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
+                     "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},
+        "teacher_run": {
+            "rewrite_accepted": f"{t['rewritten_turns']}/{t['turns']}",
+            "rewrite_share": round(t["rewritten_turns"] / max(1, t["turns"]), 4),
+            "critique_rejected": t["critique_rejected"],
+            "critique_accepted": f"{t['given'] - sum(t['critique_rejected'].values())}/{t['given']}",
+            "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
+            "candidates": len(taught), "requests": t["requests"],
+            "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
+            "distinct_2_rewritten_only": round(distinct_2(
+                [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
+                 for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"]["rewritten"], strict=True) if ok]), 4),
+            "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
+            "candidates_per_cpu_s": round(len(taught) / (client_cpu + server_used), 4),
+        },
+    }
+    summary["ratio_candidates_per_cpu_s"] = round(summary["teacher_run"]["candidates_per_cpu_s"] /
+                                                  summary["template"]["candidates_per_cpu_s"], 5)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
