@@ -5,6 +5,7 @@ synthesizer names."""
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from test_mcp_env import SQLITE_SERVER, sqlite_task
 from test_synth_steps import MEMBERS, library_task
 
 from rodscli import schemas
-from rodscli.envs.base import open_episode, replay_reference
+from rodscli.envs.base import open_episode, replay_reference, state_hash
+from rodscli.envs.builtin import seed_tasks
 from rodscli.profile import compute_profile, profile_distance
 from rodscli.synth import DuplicateIndex, SynthesizeOptions, call_keys, synthesize
+from rodscli.synth.worlds import WorldPool
 
 SYNTH = Path(__file__).resolve().parents[1] / "src" / "rodscli" / "synth"
 
@@ -89,3 +92,26 @@ def test_mcp_variants_are_verified():
     assert stats["accepted"] == len(cands) == 1, stats
     _check(cands, known, known)
     assert cands[0]["synthesis"]["sources"] == {"literal": 3}
+
+
+def test_worlds_come_from_the_family():
+    seed = library_task()
+    other = library_task(id="toy-library-1", initial_state={"Library": {"books": {}, "members": ["Di Fox"]}})
+    unlike = library_task(id="toy-library-2", env_config={"classes": ["toy_envs:Library"], "loader": "load"})
+    pool = WorldPool([seed, other, dict(other, id="toy-library-3"), unlike])
+    assert len(pool.like(seed)) == 2  # equal states once; another env_config is another kind of world
+    assert {state_hash(w) for w in pool.like(seed)} == {state_hash(seed["initial_state"]), state_hash(other["initial_state"])}
+    # the default (pyclass): a known world on even attempts, the seed's own on odd ones
+    world, origin = pool.new_world(seed, random.Random(1), attempt=0)
+    assert origin == "pool" and world is random.Random(1).choice(pool.like(seed))
+    assert pool.new_world(seed, random.Random(1), attempt=1) == (seed["initial_state"], "seed")
+    assert WorldPool([]).new_world(seed, random.Random(1), attempt=0) == (seed["initial_state"], "seed")
+    # builtin makes its worlds: deterministic in the rng and the run's seed, large for long_context
+    builtin = seed_tasks(domain="retail", per_skill=1)
+    base = next(t for t in builtin if t["skill"] == "base")
+    long = next(t for t in builtin if t["skill"] == "long_context")
+    world, origin = pool.new_world(base, random.Random(2), attempt=0, salt=5)
+    assert origin == f"generated:{random.Random(2).randrange(64)}"
+    assert pool.new_world(base, random.Random(2), attempt=1, salt=5)[0] is world  # made once per process
+    assert pool.new_world(base, random.Random(2), attempt=0, salt=6)[0] != world
+    assert len(pool.new_world(long, random.Random(2), attempt=0)[0]["customers"]) > len(world["customers"])
