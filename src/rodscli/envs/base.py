@@ -258,7 +258,11 @@ class Episode(ABC):
             value = self.invoke(name, dict(arguments))
         except Exception as exc:  # a tool's failure is the model's data, not our crash
             return CallOutcome(f"Error: {type(exc).__name__}: {exc}", TOOL_ERROR)
-        return CallOutcome(format_result(value))
+        return CallOutcome(self.result_text(value))
+
+    def result_text(self, value: Any) -> str:
+        """The text a tool's return value is shown as (`format_result`; a family may differ)."""
+        return format_result(value)
 
 
 class Environment(ABC):
