@@ -178,7 +178,10 @@ class Verdict:
 
 def rods_verdicts(task: dict, trajectories: list[list[list[dict]]], official: bool) -> list[Verdict]:
     """rods' verdicts: `score` over the trajectories' real rollouts (one reference replay)."""
-    cfg = ScoreConfig(irrelevance="official" if official else "v3")
+    if "irrelevance" in ScoreConfig.__dataclass_fields__:
+        cfg = ScoreConfig(irrelevance="official" if official else "v3")
+    else:  # a rods from before the option (to measure it): v3 only
+        cfg = ScoreConfig()
     rollouts = [scripted_rollout(task, turns, sample_index=i) for i, turns in enumerate(trajectories)]
     out = []
     for scored in score(rollouts, [task], cfg):

@@ -64,40 +64,52 @@ def format_result(value: Any) -> str:
 
 def state_hash(snapshot: Any) -> str:
     """A stable hash of a public-state snapshot: states equal under Python's `==` give equal
-    hashes, so numbers count by value (6500 and 6500.0, 1 and True), as BFCL's checker
-    compares them."""
+    hashes, so numbers count by value as in BFCL's checker (the state after
+    `purchase_insurance(1500)` and after `purchase_insurance(1500.0)` hash the same)."""
     blob = orjson.dumps(numbers_by_value(snapshot), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def numbers_by_value(value: Any) -> Any:
-    """JSON data with every number that equals an integer written as that integer (floats
-    like 6500.0, and booleans, which Python's `==` counts as 0 and 1), keys included. Data
+    """JSON data with every number that equals an integer written as that integer, keys
+    included: floats like 6500.0, and booleans (Python's `==` counts them as 0 and 1). Data
     without such numbers comes back as the same objects."""
     kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
-    if kind is float:
-        return int(value) if value.is_integer() else value
-    if kind is bool:
-        return int(value)
     if kind is dict:
         out = None
         for k, v in value.items():
-            k2, v2 = numbers_by_value(k), numbers_by_value(v)
-            if out is None and (k2 is not k or v2 is not v):
+            kind = type(v)
+            v2 = v if kind is str or kind is int or v is None else numbers_by_value(v)
+            k2 = k if type(k) is str else numbers_by_value(k)
+            if out is None:
+                if v2 is v and k2 is k:
+                    continue
                 out = {}
                 for k0, v0 in value.items():  # the items before this one were unchanged
                     if k0 is k:
                         break
                     out[k0] = v0
-            if out is not None:
-                out[k2] = v2
+            out[k2] = v2
         return value if out is None else out
     if kind is list or kind is tuple:
-        items = [numbers_by_value(v) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        items = None
+        for i, v in enumerate(value):
+            kind = type(v)
+            v2 = v if kind is str or kind is int or v is None else numbers_by_value(v)
+            if items is None:
+                if v2 is v:
+                    continue
+                items = list(value[:i])
+            items.append(v2)
+        return value if items is None else items
+    if kind is float:  # (beyond 64 bits an integer is not JSON for orjson: kept as a float)
+        return int(value) if value.is_integer() and -_INT64 <= value < _INT64 else value
+    if kind is bool:
+        return int(value)
     return value
+
+
+_INT64 = 2.0**63
 
 
 def type_matches(value: Any, json_type: str | list[str] | None) -> bool:
@@ -291,7 +303,11 @@ class Episode(ABC):
             value = self.invoke(name, dict(arguments))
         except Exception as exc:  # a tool's failure is the model's data, not our crash
             return CallOutcome(f"Error: {type(exc).__name__}: {exc}", TOOL_ERROR)
-        return CallOutcome(format_result(value))
+        return CallOutcome(self.result_text(value))
+
+    def result_text(self, value: Any) -> str:
+        """The text a tool's return value is shown as (`format_result`; a family may differ)."""
+        return format_result(value)
 
 
 class Environment(ABC):

@@ -16,6 +16,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import json
 import pickle
 import random
 from array import array
@@ -422,6 +423,19 @@ class BFCLEpisode(ClassEpisode):
             self._private = Private()
         with self._private.calling(type(self._methods[name].__self__), name):
             return super().invoke(name, arguments)
+
+    def result_text(self, value: Any) -> str:
+        """A return value as BFCL's checker writes it (so that results compare as there):
+        text as it is, a dict as `json.dumps` (insertion order; `str` when not JSON), anything
+        else as `str`."""
+        if type(value) is str:
+            return value
+        if type(value) is dict:
+            try:
+                return json.dumps(value)
+            except (TypeError, ValueError):
+                return str(value)
+        return str(value)
 
     def snapshot(self) -> dict:
         return {cls: _state({k: v for k, v in vars(obj).items() if not k.startswith("_")})
