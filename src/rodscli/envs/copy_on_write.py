@@ -25,7 +25,7 @@ from typing import Any
 from rodscli.envs.base import state_hash
 
 _SCALARS = (str, int, float, bool, type(None))
-ENABLED = True  # False: every episode deep-copies its template (the baseline of bench/tau2.py)
+ENABLED = True  # False: every episode deep-copies its template (the baseline of bench/tau2_replay.py)
 SMALL = 16  # a dict this small is copied outright and hashed inline, whatever its kind
 
 

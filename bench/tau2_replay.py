@@ -13,7 +13,7 @@ tasks twice (what `rods tasks replay` does), and per task, both ways, on --basel
 tasks (the baseline takes about 2 s a task). Wall-clock seconds (the database work is not
 microseconds, and the tau2 calls are the same both ways).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/tau2.py [--baseline-tasks 6]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/tau2_replay.py [--baseline-tasks 6]
 """
 
 from __future__ import annotations
