@@ -146,6 +146,21 @@ def test_two_nodes_hybrid_lora_with_kl(tmp_path):
     assert json.loads((tmp_path / "h1" / T.STATE_FILE).read_text())["params"] is None
 
 
+@pytest.mark.slow
+def test_accelerate_launch_shards_too(tmp_path):
+    """`accelerate launch --multi_gpu` sets the same environment as torchrun: --shard full works under it."""
+    from test_train import launch_two_processes
+
+    policy = tiny_llama(tmp_path / "p0")
+    records.write_records(tmp_path / "b.jsonl", batch(groups=2, size=3, seed=5), "scored")
+    run = launch_two_processes(["--seed", "1", "train-step", "--policy", str(policy), "--scored", "b.jsonl", "--out", "a1",
+                                "--shard", "full", "--lr", "1e-3"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    T.train_step(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", T.TrainOptions(lr=1e-3), seed=1)
+    assert metrics_of(tmp_path / "a1")["extra"]["processes"] == 2
+    assert_same_weights(tmp_path / "a1", tmp_path / "one")
+
+
 def test_shard_option_is_checked(tmp_path):
     with pytest.raises(OptionError, match="--shard"):
         T.TrainOptions(shard="zero3").check()
