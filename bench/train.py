@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/train.py                      # CPU, the tiny policy (rods init-policy)
     .venv/bin/python bench/train.py --model qwen-0.5b    # CUDA: bf16 autocast, random Qwen2-shaped 0.5B, MFU
+    .venv/bin/python bench/train.py --model qwen-0.5b --shard full   # the rods side wrapped in FSDP2 (one GPU)
+    .venv/bin/python bench/train.py --bytes-ranks 2      # per-process parameter + AdamW bytes: 2 sharded ranks vs 1
+
+`--bytes-ranks N` runs the real `rods train-step` on the bench batch twice, alone (--shard none)
+and under `torchrun --nproc-per-node N --shard full`, and prints the parameter and AdamW-state
+bytes the busiest process held, counted from the tensors' local shards (train-step's metrics
+record them), with the ratio sharded / alone (2 ranks: at most 0.55 is the target).
 
 One optimizer step = forward + backward over every sequence of a GRPO batch, gradient clipping
 and an AdamW step. Both sides train an identical copy of the model with the same optimizer;
@@ -143,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per side (after one warm-up)")
     ap.add_argument("--vocab", type=int, default=151936, help="vocabulary of the qwen-0.5b config")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--shard", choices=("none", "full"), default="none", help="full: wrap the rods side in FSDP2 (a one-process group)")
+    ap.add_argument("--bytes-ranks", type=int, default=0, help="instead of timing: per-process bytes with N sharded ranks vs 1 process")
     args = ap.parse_args(argv)
+    if args.bytes_ranks:
+        return bytes_per_rank(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -167,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = trl_trainer(model_trl, policy, cfg, args.trl_chunk, workdir, bf16)
         accelerator = Accelerator(cpu=device.type == "cpu")
         module = grpo.TokenLogprobs(model_rods)
+        if args.shard == "full":  # FSDP2 over a one-process group: the sharded code path, one device
+            from rodscli.stages.shard import ShardedLaunch
+
+            accelerator = ShardedLaunch("full", bf16)
+            module = accelerator.prepare_model(module)
         pad = model_rods.config.pad_token_id if model_rods.config.pad_token_id is not None else 0
         trl_inputs = trl_batches(seqs, args.trl_chunk, pad, device)
 
@@ -221,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "rods_micro_batches": len(T.micro_batches(seqs, cfg.micro_batch_tokens)), "trl_micro_batches": len(trl_inputs),
             "loss_rods": rods_loss, "loss_trl": trl_loss, "steps": args.steps, "threads": torch.get_num_threads(),
             "rods_tokens_per_s": round(tps["rods"], 1), "trl_tokens_per_s": round(tps["trl"], 1),
-            "ratio": round(tps["rods"] / tps["trl"], 3),
+            "ratio": round(tps["rods"] / tps["trl"], 3), "rods_shard": args.shard,
         }
         if device.type == "cuda":
             # model FLOPs per token of a training step: 6 N (dense weights) + 12 L d s_avg (attention scores)
@@ -235,6 +251,41 @@ def main(argv: list[str] | None = None) -> int:
                           trl_mfu=round(flops_tok * tps["trl"] / peak, 4) if peak else None,
                           peak_memory_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
         print(json.dumps(result))
+    return 0
+
+
+def bytes_per_rank(args) -> int:
+    """`rods train-step` alone and on N sharded ranks; the busiest process's bytes from its metrics."""
+    import os
+    import subprocess
+
+    from rodscli import records
+
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        policy = make_policy(args, workdir)
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(str(policy)).vocab_size
+        scored = make_batch(args.groups, args.group_size, args.turns, vocab, 0, tuple(int(x) for x in args.lengths.split(",")))
+        records.write_records(workdir / "scored.jsonl", scored, "scored", validate=False)
+        common = ["--no-validate", "--quiet", "train-step", "--policy", str(policy), "--scored", "scored.jsonl", "--lr", "1e-6"]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+        runs = {"alone": [str(bin_dir / "rods"), *common, "--out", "alone"],
+                "sharded": [str(bin_dir / "torchrun"), "--nproc-per-node", str(args.bytes_ranks), "--standalone",
+                            "-m", "rodscli.cli", *common, "--out", "sharded", "--shard", "full"]}
+        held = {}
+        for name, cmd in runs.items():
+            proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            [metrics] = records.read_all(workdir / name / "metrics.jsonl", "metrics", validate=False)
+            held[name] = metrics["extra"]["bytes_per_process"]
+        total = {k: v["params"] + v["optimizer"] for k, v in held.items()}
+        print(json.dumps({"bench": "train-bytes", "model": args.model, "ranks": args.bytes_ranks, "alone": held["alone"],
+                          "sharded_busiest_rank": held["sharded"], "ratio": round(total["sharded"] / total["alone"], 4)}))
     return 0
 
 

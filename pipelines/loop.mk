@@ -78,6 +78,21 @@ MERGE_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
 
+# Scale-out (docs/scale-out.md). train-step runs on NPROC processes per node and NNODES
+# nodes through torchrun (one process on one node: plain rods); SHARD none (every process
+# holds the model, DDP), full (FSDP2 shards it over all processes) or hybrid (shard within a
+# node, replicate across nodes). LAUNCH: torchrun's rendezvous flags for several nodes, the
+# same on every node, e.g. --rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id run1
+NPROC ?= 1
+NNODES ?= 1
+SHARD ?= none
+LAUNCH ?= $(if $(filter 1,$(NNODES)),--standalone)
+TORCHRUN ?= $(abspath $(BIN))/torchrun
+# Rollout servers (BACKEND=openai): SERVE_HOOK, when set, is a command run with a checkpoint
+# folder as its last word before every rollout and eval of that checkpoint; it makes the
+# servers serve it (restart them, or call their reload endpoint) and returns when they do.
+SERVE_HOOK ?=
+
 # The recipe says how to write the task files (JSONL): shell commands whose stdout is the
 # training tasks, the held-out tasks, and (from the training tasks on stdin) the SFT part.
 TRAIN_TASKS_CMD ?= $(error the recipe pipelines/$(PIPELINE).mk sets no TRAIN_TASKS_CMD)
@@ -89,6 +104,12 @@ SFT_TASKS_FILTER ?= cat
 
 SETUP := $(RUN)/setup
 rods = $(RODS) $(RODS_FLAGS) --seed $(1)
+# train-step: the same command under torchrun when it spans several processes
+TRAIN_RODS = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN) --nproc-per-node $(NPROC) --nnodes $(NNODES) $(LAUNCH) -m rodscli.cli,$(RODS))
+train_rods = $(TRAIN_RODS) $(RODS_FLAGS) --seed $(1)
+SCALE_OPTS = $(if $(filter-out none,$(SHARD)),--shard $(SHARD))
+# serve $(1) to the rollout servers first (when a SERVE_HOOK is set)
+serve = $(if $(SERVE_HOOK),$(SERVE_HOOK) $(1) &&)
 # One word per iteration, n:NNN:PREV:SEED:EVAL:DONE, made by one shell call (make has no
 # arithmetic): NNN its folder number, PREV the folder it starts from (setup for n = 0),
 # SEED distinct per run seed and iteration (never the clock), EVAL 1 when its policy is
@@ -110,7 +131,7 @@ MERGE_OPTS = --batch-size $(BATCH) --beta $(INJECT_FRAC) --p-max $(P_MAX) --floo
 	$(if $(filter on,$(RETIRE)),,--mastered 2 --unsolvable -1 --stale-iters 1000000) $(MERGE_ARGS)
 SYNTH_OPTS = --per-seed $(if $(filter on,$(SYNTH)),$(PER_SEED),0) $(SYNTH_ARGS)
 # the update divides logits by the rollouts' temperature, so that its ratios compare like with like
-TRAIN_OPTS = --temperature $(TEMPERATURE) --lr $(LR) $(TRAIN_ARGS)
+TRAIN_OPTS = --temperature $(TEMPERATURE) --lr $(LR) $(SCALE_OPTS) $(TRAIN_ARGS)
 EVAL_OPTS = --k $(EVAL_K) $(if $(filter 1,$(EVAL_K)),--greedy,--no-greedy --temperature $(TEMPERATURE)) --backend $(BACKEND) --max-new-tokens $(MAX_NEW_TOKENS) --max-tokens $(MAX_TOKENS) $(EVAL_ARGS)
 
 # ---------------------------------------------------------------------------------------
@@ -142,7 +163,7 @@ ifeq ($(SFT),on)
 SFT_FIRST := $(SETUP)/$(if $(filter on,$(SFT_MORE)),sft_first,policy)
 $(SFT_FIRST): $(SETUP)/init $(SETUP)/sft_tasks.jsonl | install
 	$(call ckpt_tmp,$@)
-	$(call rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_tasks.jsonl --out $@.tmp $(SFT_ARGS)
+	$(call train_rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_tasks.jsonl --out $@.tmp $(SCALE_OPTS) $(SFT_ARGS)
 	$(call ckpt_commit,$@)
 ifeq ($(SFT_MORE),on)
 $(SETUP)/sft_more_tasks.jsonl: | install
@@ -150,7 +171,7 @@ $(SETUP)/sft_more_tasks.jsonl: | install
 
 $(SETUP)/policy: $(SFT_FIRST) $(SETUP)/sft_more_tasks.jsonl | install
 	$(call ckpt_tmp,$@)
-	$(call rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_more_tasks.jsonl --out $@.tmp $(SFT_MORE_ARGS)
+	$(call train_rods,$(SEED)) train-step --mode sft --policy $< --tasks $(SETUP)/sft_more_tasks.jsonl --out $@.tmp $(SCALE_OPTS) $(SFT_MORE_ARGS)
 	$(call ckpt_commit,$@)
 endif
 else
@@ -162,7 +183,7 @@ $(SETUP)/buffer.parquet $(SETUP)/next_batch.parquet &: $(SETUP)/tasks.jsonl | in
 	$(call rods,$(SEED)) merge-buffer --init-from $< --out $(SETUP)/buffer.parquet --next-batch $(SETUP)/next_batch.parquet --iteration 0 $(MERGE_OPTS)
 
 $(SETUP)/eval.parquet: $(SETUP)/policy $(SETUP)/heldout.jsonl | install
-	$(call rods,$(SEED)) eval --policy $< --tasks $(SETUP)/heldout.jsonl --out $@ --iteration 0 $(EVAL_OPTS)
+	$(call serve,$<) $(call rods,$(SEED)) eval --policy $< --tasks $(SETUP)/heldout.jsonl --out $@ --iteration 0 $(EVAL_OPTS)
 
 # ---------------------------------------------------------------------------------------
 # one iteration
@@ -170,7 +191,7 @@ define ITERATION
 # $(1) n, $(2) its folder, $(3) the folder whose policy, buffer and batch it starts from,
 # $(4) the previous groups (none at n = 0), $(5) its seed, $(6) evaluated?, $(7) n + 1
 $(2)/rollouts.parquet: $(3)/next_batch.parquet $(3)/policy | install
-	$$(call rods,$(5)) rollout --policy $(3)/policy --tasks $(3)/next_batch.parquet --iteration $(1) --out $$@ $$(ROLLOUT_OPTS)
+	$$(call serve,$(3)/policy) $$(call rods,$(5)) rollout --policy $(3)/policy --tasks $(3)/next_batch.parquet --iteration $(1) --out $$@ $$(ROLLOUT_OPTS)
 
 $(2)/scored.parquet: $(2)/rollouts.parquet $(3)/next_batch.parquet | install
 	$$(call rods,$(5)) score --rollouts $$< --tasks $(3)/next_batch.parquet --out $$@ $$(SCORE_OPTS)
@@ -186,11 +207,11 @@ $(2)/buffer.parquet $(2)/next_batch.parquet &: $(3)/buffer.parquet $(2)/groups.p
 
 $(2)/policy: $(3)/policy $(2)/scored.parquet | install
 	$$(call ckpt_tmp,$$@)
-	$$(call rods,$(5)) train-step --policy $(3)/policy --scored $(2)/scored.parquet --out $$@.tmp $$(TRAIN_OPTS)
+	$$(call train_rods,$(5)) train-step --policy $(3)/policy --scored $(2)/scored.parquet --out $$@.tmp $$(TRAIN_OPTS)
 	$$(call ckpt_commit,$$@)
 
 $(2)/eval.parquet: $(2)/policy $(SETUP)/heldout.jsonl | install
-	$$(call rods,$(SEED)) eval --policy $(2)/policy --tasks $(SETUP)/heldout.jsonl --out $$@ --iteration $(7) $$(EVAL_OPTS)
+	$$(call serve,$(2)/policy) $$(call rods,$(SEED)) eval --policy $(2)/policy --tasks $(SETUP)/heldout.jsonl --out $$@ --iteration $(7) $$(EVAL_OPTS)
 
 LOOP_TARGETS += $(2)/buffer.parquet $(2)/policy $(if $(filter 1,$(6)),$(2)/eval.parquet)
 endef

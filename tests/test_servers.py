@@ -6,7 +6,11 @@ behind /v1/completions, the way vLLM's server answers), several at once on 127.0
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from test_policy_backends import CompletionServer, few_tasks
 
 from rodscli import records
@@ -99,8 +103,11 @@ def test_base_urls_are_checked():
 def test_reload_hands_the_next_checkpoint_to_the_servers(tiny_policy, servers, tmp_path, capsys):
     """`rods reload-servers` (the loop's SERVE_HOOK): afterwards the server samples from the new weights."""
     [server] = servers
-    other = tmp_path / "other"
-    assert main(["--quiet", "--seed", "7", "init-policy", "--out", str(other)]) == 0
+    other = tmp_path / "other"  # the same policy with other weights (as a train-step would write)
+    shutil.copytree(tiny_policy, other)
+    weights = load_file(other / "model.safetensors")
+    torch.manual_seed(7)
+    save_file({k: v + 0.5 * torch.randn_like(v) for k, v in weights.items()}, other / "model.safetensors", metadata={"format": "pt"})
     tasks = few_tasks()[:1]
     before, _ = pool_rollouts(tiny_policy, [server.url], tasks)
     assert main(["reload-servers", "--policy", str(other), "--base-url", server.url]) == 0

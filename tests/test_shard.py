@@ -146,6 +146,21 @@ def test_two_nodes_hybrid_lora_with_kl(tmp_path):
     assert json.loads((tmp_path / "h1" / T.STATE_FILE).read_text())["params"] is None
 
 
+@pytest.mark.slow
+def test_accelerate_launch_shards_too(tmp_path):
+    """`accelerate launch --multi_gpu` sets the same environment as torchrun: --shard full works under it."""
+    from test_train import launch_two_processes
+
+    policy = tiny_llama(tmp_path / "p0")
+    records.write_records(tmp_path / "b.jsonl", batch(groups=2, size=3, seed=5), "scored")
+    run = launch_two_processes(["--seed", "1", "train-step", "--policy", str(policy), "--scored", "b.jsonl", "--out", "a1",
+                                "--shard", "full", "--lr", "1e-3"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    T.train_step(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", T.TrainOptions(lr=1e-3), seed=1)
+    assert metrics_of(tmp_path / "a1")["extra"]["processes"] == 2
+    assert_same_weights(tmp_path / "a1", tmp_path / "one")
+
+
 def test_shard_option_is_checked(tmp_path):
     with pytest.raises(OptionError, match="--shard"):
         T.TrainOptions(shard="zero3").check()
@@ -175,3 +190,62 @@ def test_one_process_shard_full_equals_unsharded_and_leaves_no_process_group(tmp
     b = T.train_step(tmp_path / "none", scored, tmp_path / "full2", T.TrainOptions(lr=1e-3, shard="full"), seed=0)
     assert a["extra"]["optimizer_restored"] and b["extra"]["optimizer_restored"]
     assert_same_weights(tmp_path / "none2", tmp_path / "full2")
+
+
+# ---------------------------------------------------------------------------------------
+# the loop launches it
+
+
+def test_loop_launches_train_step_under_torchrun_and_serves_each_checkpoint(tmp_path):
+    from test_loop import _make
+
+    run = tmp_path / "run"
+    plan = _make(run, "NPROC=2", "SHARD=full", "BACKEND=openai", "SERVE_HOOK=serve-it", dry=True)
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    train = [ln for ln in lines if " train-step " in ln]
+    assert len(train) == 3 and all("torchrun --nproc-per-node 2 --nnodes 1 --standalone -m rodscli.cli" in ln and "--shard full" in ln for ln in train)
+    # every rollout and eval first hands its checkpoint to the servers
+    roll = [ln for ln in lines if " rollout " in ln]
+    assert roll[1].startswith(f"serve-it {run}/iter_000/policy && ") and f"--policy {run}/iter_000/policy" in roll[1]
+    assert all(ln.startswith("serve-it ") for ln in lines if " eval " in ln)
+    two = _make(run, "NPROC=8", "NNODES=2", "SHARD=hybrid", "LAUNCH=--rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id r1", dry=True)
+    step = next(ln for ln in two.stdout.splitlines() if " train-step " in ln and "--mode sft" not in ln)
+    assert "--nproc-per-node 8 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id r1 -m rodscli.cli" in step
+    one = _make(run, dry=True).stdout  # the defaults: plain rods, no --shard
+    assert "torchrun" not in one and "--shard" not in one
+
+
+@pytest.mark.slow
+def test_make_loop_two_sharded_processes_end_to_end(tmp_path):
+    """`make loop ITER=2 NPROC=2 SHARD=full` on CPU: SFT and both GRPO steps on two FSDP2 ranks."""
+    from test_loop import _make
+
+    run = tmp_path / "run"
+    proc = _make(run, "NPROC=2", "SHARD=full", "ITER=2", "SFT_ARGS=--epochs 1 --lr 3e-3 --sft-tokens all --batch-tokens 1024", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for ckpt in ("setup/policy", "iter_000/policy", "iter_001/policy"):
+        m = metrics_of(run / ckpt)
+        if m["updated"]:  # a batch whose groups all have zero reward variance passes the weights on
+            assert m["extra"]["processes"] == 2 and m["extra"]["shard"] == "full", ckpt
+        AutoModelForCausalLM.from_pretrained(run / ckpt)
+        assert (run / ckpt / T.OPTIMIZER_DIR / ".metadata").exists()
+    assert metrics_of(run / "setup" / "policy")["extra"]["processes"] == 2
+    assert (run / "report" / "index.html").exists()
+
+
+def test_memory_table_formulas():
+    """bench/memory.py (the docs' memory table): parameter counts match the published ones
+    (Qwen3-4B: 3.6B non-embedding; Qwen3-0.6B: 0.44B), sharding divides the model state."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory", Path(__file__).resolve().parents[1] / "bench" / "memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    for name, non_embedding in (("Qwen3-4B", 3.6e9), ("Qwen3-0.6B", 0.44e9)):
+        m = memory.MODELS[name]
+        assert memory.parameters(m) - m["vocab"] * m["hidden"] == pytest.approx(non_embedding, rel=0.03)
+    m = memory.MODELS["Qwen3-4B"]
+    one, eight = memory.per_gpu(m, 1, "none", 4096, False), memory.per_gpu(m, 8, "full", 4096, False)
+    assert one["adamw"] == 8 * memory.parameters(m) and eight["adamw"] == one["adamw"] / 8
+    assert eight["activations"] == one["activations"] and one["total"] / 1e9 > 80 > eight["total"] / 1e9

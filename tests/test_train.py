@@ -447,9 +447,9 @@ def test_sft_on_every_token_through_the_cli(tiny_policy, tmp_path):
 
 @pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_a_sharded_launch_is_refused_with_a_clear_error(policy, tmp_path, monkeypatch, flag):
-    """`accelerate launch --use_fsdp` sets ACCELERATE_USE_FSDP: the DDP loop says it does not
-    shard instead of training with an optimizer that does not match the wrapped model."""
+    """`accelerate launch --use_fsdp` sets ACCELERATE_USE_FSDP: accelerate's plugin is refused
+    (it would build the optimizer its own way); the error points to --shard full (FSDP2)."""
     monkeypatch.setenv(flag, "true")
-    with pytest.raises(OptionError, match="--multi_gpu"):
+    with pytest.raises(OptionError, match="--multi_gpu.*--shard full"):
         T.train_step(policy, batch(seed=10), tmp_path / "out", T.TrainOptions(lr=1e-3), seed=0)
     assert not (tmp_path / "out").exists()

@@ -153,10 +153,9 @@ def lockstep(batches: list, filler, accelerator) -> list:
     if not getattr(accelerator, "lockstep", False):
         return batches or [filler]
     import torch
-
-    count = torch.tensor([len(batches)], dtype=torch.long, device=accelerator.device)
     import torch.distributed as dist
 
+    count = torch.tensor([len(batches)], dtype=torch.long, device=accelerator.device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     return batches + [filler] * (int(count.item()) - len(batches))
 

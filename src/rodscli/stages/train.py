@@ -332,7 +332,7 @@ def accumulate(module, ref_module, step_seqs: list[Sequence], cfg: TrainOptions,
 
 
 def leave_process_group() -> None:
-    """End this process's part of an `accelerate launch` run: destroy the process group, so
+    """End this process's part of a multi-process run (torchrun, `accelerate launch`): destroy the process group, so
     that gloo's threads are joined before the interpreter exits (left running, they can abort
     a process that has finished its work: "terminate called without an active exception")."""
     torch = sys.modules.get("torch")
