@@ -30,33 +30,17 @@ TRAIN_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 10 != 0'
 HELDOUT_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 20 == 0'
 SFT_TASKS_FILTER ?= awk 'NR % 18 == 0'
 
-BACKEND ?= hf
 SFT ?= on
 SMOL_LORA ?= off
 # a pretrained model: the loss on the assistant's tokens, a small learning rate, one pass
 SFT_ARGS ?= --epochs 1 --lr $(if $(filter on,$(SMOL_LORA)),1e-3,1e-4) --sft-tokens model --batch-tokens 4096 \
 	$(if $(filter on,$(SMOL_LORA)),--lora-r 16)
-SFT_MORE ?= off
 
-# loop size: each iteration rolls out BATCH x G episodes of ~2,000-3,000 tokens
+# loop size: each iteration rolls out BATCH x G episodes of ~2,000-3,000 tokens; everything
+# not set here (G=4, MAX_NEW_TOKENS=96, detection, synthesis, buffer) is pipelines/loop.mk's default
 ITER ?= 2
 BATCH ?= 4
-G ?= 4
-TEMPERATURE ?= 1.0
-MAX_NEW_TOKENS ?= 96
 MAX_TOKENS ?= 4096
-
-ALPHA_LOW ?= 0.20
-ALPHA_HIGH ?= 0.85
 TOP_M ?= 2
-
-SYNTH ?= on
-PER_SEED ?= 2
-P_MAX ?= 400
-INJECT_FRAC ?= 0.2
-RETIRE ?= on
-FLOOR ?= 0.05
-
 LR ?= 1e-6
 EVAL_EVERY ?= 2
-EVAL_K ?= 1
