@@ -28,7 +28,8 @@ def test_the_smol_loop_converts_the_gguf_once_and_warm_starts_from_it(tmp_path):
     assert f"ln -sfn {cache} {tmp_path / 'run'}/setup/init" in plan
     sft = next(line for line in plan.splitlines() if "--mode sft" in line)
     assert "--sft-tokens model" in sft and "--lora-r" not in sft
-    assert "--max-tokens 4096" in next(line for line in plan.splitlines() if " rollout " in line)
+    rollout = next(line for line in plan.splitlines() if " rollout " in line)
+    assert "--max-tokens 4096" in rollout and "--timeout 7200" in rollout
     # a converted checkpoint is reused: no conversion when it is there
     cache.mkdir(parents=True)
     assert "--from-gguf" not in _plan("loop", "PIPELINE=smol", f"RUN={tmp_path / 'run'}", f"SMOL_HF={cache}")
