@@ -64,20 +64,21 @@ include pipelines/loop.mk
 # arms x seeds of the loop, one report with intervals: make study (pipelines/study.mk)
 include pipelines/study.mk
 
-DEMO_RUN ?= runs/compare/demo
-STATIC_RUN ?= runs/compare/static
-COMPARE_OUT ?= runs/compare/report
+# make compare PIPELINE=smol compares the smol recipe with static GRPO on the smol settings
+DEMO_RUN ?= runs/compare/$(PIPELINE)
+STATIC_RUN ?= runs/compare/$(if $(filter demo,$(PIPELINE)),static,$(PIPELINE)-static)
+COMPARE_OUT ?= runs/compare/$(if $(filter demo,$(PIPELINE)),report,$(PIPELINE)-report)
 
-.PHONY: demo static bfcl compare
+.PHONY: demo static bfcl smol compare
 # the README's main command: the embedded default end to end, from a fresh clone
 # (RUN defaults to runs/PIPELINE; settings come from pipelines/PIPELINE.mk)
-demo static bfcl: install
+demo static bfcl smol: install
 	$(MAKE) --no-print-directory loop PIPELINE=$@
 
 # RODS against fixed-data GRPO with the same trajectory budget, in one report; the static
-# run starts from the demo run's warm-started policy (the same start, one SFT instead of two)
+# run starts from the RODS run's warm-started policy (the same start, one SFT instead of two)
 compare: install
-	$(MAKE) --no-print-directory loop PIPELINE=demo RUN=$(DEMO_RUN)
-	$(MAKE) --no-print-directory loop PIPELINE=static RUN=$(STATIC_RUN) POLICY=$(abspath $(DEMO_RUN))/setup/policy SFT=off
+	$(MAKE) --no-print-directory loop PIPELINE=$(PIPELINE) RUN=$(DEMO_RUN)
+	$(MAKE) --no-print-directory loop PIPELINE=static STATIC_OF=$(PIPELINE) RUN=$(STATIC_RUN) POLICY=$(abspath $(DEMO_RUN))/setup/policy SFT=off
 	$(RODS) $(RODS_FLAGS) report $(DEMO_RUN) $(STATIC_RUN) --name rods --name static --out $(COMPARE_OUT)
 	@echo "report: $(COMPARE_OUT)/index.html"

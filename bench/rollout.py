@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rollout.py                       # CPU, the tiny policy (rods init-policy)
     .venv/bin/python bench/rollout.py --model qwen-0.5b     # CUDA: bf16, random Qwen2-shaped 0.5B
+    .venv/bin/python bench/rollout.py --policy DIR --group-size 8   # any checkpoint, e.g. SmolLM2 (docs/real-models.md)
 
 Both sides play the same built-in tasks x G episodes with the same limits and sampling
 (temperature 1, max new tokens per reply, at most `max_steps_per_turn` tool-call steps):
@@ -54,9 +55,9 @@ def naive_episode(task: dict, model, fmt: ChatFormat, opts: RolloutOptions, devi
     tok = fmt.tokenizer
     n_tokens = 0
     with open_episode(task) as episode:
-        tools = offered_tools(task, episode, 0)
-        messages = [{"role": "system", "content": task.get("system_prompt") or DEFAULT_SYSTEM_PROMPT},
-                    {"role": "user", "content": task["user_turns"][0]}]
+        # the messages rods renders (tools in the system prompt when the template drops them)
+        messages, tools = fmt.opening(task.get("system_prompt") or DEFAULT_SYSTEM_PROMPT,
+                                      offered_tools(task, episode, 0), task["user_turns"][0])
         for turn in range(len(task["user_turns"])):
             if turn:
                 new = revealed_tools(task, episode, turn)
@@ -79,9 +80,9 @@ def naive_episode(task: dict, model, fmt: ChatFormat, opts: RolloutOptions, devi
                 _, calls = parse_tool_calls(text)
                 if not calls:
                     break
-                for call in calls:
-                    result = episode.call(call.name, call.arguments, offered).result if not call.error else call.problem
-                    messages.append({"role": "tool", "content": result or ""})
+                results = [(episode.call(c.name, c.arguments, offered).result if not c.error else c.problem) or ""
+                           for c in calls]
+                messages += fmt.tool_messages(results)
     return n_tokens
 
 

@@ -24,7 +24,7 @@ from rodscli.policy.chat import (
     teacher_forced,
 )
 from rodscli.policy.tiny import _tokenizer_from_texts
-from rodscli.records import read_all
+from rodscli.records import file_hash, read_all, read_provenance
 
 # SmolLM2-135M-Instruct's template in kind: ChatML for any role, `tools` never looked at
 CHATML_NO_TOOLS = (
@@ -171,6 +171,7 @@ def test_chat_template_overrides_on_rollout_eval_and_sft(bare_policy, tiny_polic
     argv = ["--quiet", "rollout", "--policy", str(bare_policy), "--tasks", str(one_task), "--out", str(out), *FAST]
     assert main([*argv, "--chat-template", str(template)]) == 0
     fmt = ChatFormat(load_tokenizer(tiny_policy))
+    assert read_provenance(out)["inputs"][str(template)] == file_hash(template)  # the template is an input
     for rec in read_all(out, "rollout"):
         assert "<tools>\n{\"type\": \"function\"" in fmt.decode(rec["token_ids"])  # the file's form, not the tiny template's one-line signatures
     # a checkpoint that has a template: the file still wins

@@ -328,7 +328,7 @@ def rollout(
     finally:
         engine.close()
     records.write_records(out, rows, "rollout", validate=Globals.validate,
-                          provenance_info=provenance([tasks, policy], backend=backend, policy_id=engine.policy_id))
+                          provenance_info=provenance([tasks, policy, *filter(None, [chat_template])], backend=backend, policy_id=engine.policy_id))
     reasons: dict[str, int] = {}
     for r in rows:
         reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
@@ -603,7 +603,7 @@ def train_step(
             if not tasks:
                 raise OptionError("--mode sft needs --tasks TASKS")
             rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), chat_template)
-            metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks]), validate=Globals.validate)
+            metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks, *filter(None, [chat_template])]), validate=Globals.validate)
         else:
             if not scored:
                 raise OptionError("--mode grpo needs --scored SCORED")
@@ -685,7 +685,7 @@ def eval_(
     rows, scored = eval_stage.evaluate(task_list, model, cfg, ropts, Globals.seed, on_episode=lambda _: next(bar, None))
     for _ in bar:  # close the progress bar
         pass
-    info = provenance([policy, tasks], greedy=greedy, k=k, iteration=iteration)
+    info = provenance([policy, tasks, *filter(None, [chat_template])], greedy=greedy, k=k, iteration=iteration)
     if episodes:
         records.write_records(episodes, scored, "scored", provenance_info=info, validate=Globals.validate)
     records.write_records(out, rows, "eval", provenance_info=info, validate=Globals.validate)

