@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,10 +55,37 @@ class CallOutcome:
 
 
 def format_result(value: Any) -> str:
-    """The text a tool result is shown as: strings as they are, anything else as sorted JSON."""
+    """The text a tool result is shown as: strings as they are, anything else as sorted JSON.
+
+    Any value gives text: integers past 64 bits and objects orjson cannot write fall back to
+    the standard library's JSON, lone surrogates become "?", and a text longer than
+    MAX_RESULT_CHARS is cut (saying so), since no model context holds more."""
     if isinstance(value, str):
-        return value
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+        text = value
+    else:
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+        except TypeError:  # orjson.JSONEncodeError: big integers, deep nesting, surrogates
+            try:
+                text = json.dumps(value, sort_keys=True, default=str)
+            except (TypeError, ValueError, RecursionError) as exc:
+                text = f"<a {type(value).__name__} that cannot be written as JSON: {type(exc).__name__}>"
+    return clean_text(text)
+
+
+MAX_RESULT_CHARS = 1_000_000
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid UTF-8 (lone surrogates replaced by "?"), at most MAX_RESULT_CHARS long."""
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + f"[... {len(text) - MAX_RESULT_CHARS} characters cut]"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode()
+    return text
 
 
 def state_hash(snapshot: Any) -> str:
@@ -216,8 +244,20 @@ class Episode(ABC):
         try:
             value = self.invoke(name, dict(arguments))
         except Exception as exc:  # a tool's failure is the model's data, not our crash
-            return CallOutcome(f"Error: {type(exc).__name__}: {exc}", TOOL_ERROR)
-        return CallOutcome(format_result(value))
+            return CallOutcome(error_text(exc), TOOL_ERROR)
+        try:
+            return CallOutcome(format_result(value))
+        except Exception as exc:  # e.g. an object whose str() raises: still the model's data
+            return CallOutcome(error_text(exc), TOOL_ERROR)
+
+
+def error_text(exc: BaseException) -> str:
+    """'Error: Kind: message' for a tool's exception, whatever its message holds."""
+    try:
+        message = str(exc)
+    except Exception:  # a message that cannot be shown (e.g. an integer past str()'s digit limit)
+        message = "(message cannot be shown)"
+    return clean_text(f"Error: {type(exc).__name__}: {message}")
 
 
 class Environment(ABC):
