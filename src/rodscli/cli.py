@@ -73,7 +73,13 @@ def _globals(
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip schema validation of inputs and outputs (faster)."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of user errors too."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    allow_command: list[str] = typer.Option(None, "--allow-command", help="Only these commands may run as MCP servers (a name, a path or a pattern like '/opt/mcp/*'; repeat it). Adds to RODS_ALLOW_COMMANDS. Default: any command a task file names."),
 ) -> None:
+    if allow_command:
+        from rodscli.envs.mcp import ALLOW_ENV
+
+        given = [os.environ[ALLOW_ENV]] if os.environ.get(ALLOW_ENV) else []
+        os.environ[ALLOW_ENV] = os.pathsep.join(given + list(allow_command))
     Globals.seed = seed
     Globals.validate = not no_validate
     Globals.debug = debug

@@ -316,6 +316,7 @@ class ReferenceTrace:
     errors: list[list[str | None]] = field(default_factory=list)
     state_hashes: list[str] = field(default_factory=list)  # after each turn
     snapshots: list[Any] = field(default_factory=list)  # after each turn
+    failure: str | None = None  # the environment itself broke during the replay (ENV_ERROR): why
 
     @property
     def ok(self) -> bool:
@@ -337,4 +338,6 @@ def replay_reference(task: dict, keep_snapshots: bool = False) -> ReferenceTrace
                 trace.snapshots.append(snap)
             else:
                 trace.state_hashes.append(episode.snapshot_hash())
+        if episode.failed or any(e == ENV_ERROR for turn in trace.errors for e in turn):
+            trace.failure = getattr(episode, "failure", None) or "the environment failed"
     return trace
