@@ -138,3 +138,33 @@ def test_allow_list_of_commands(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr()
     assert code != 0 and "'sh' is not allowed" in err.out + err.err
     assert not marker.exists()
+
+
+MEMORY_SERVER = ROOT / ".venv" / "mcp-servers" / "memory" / "node_modules" / ".bin" / "mcp-server-memory"
+
+
+def memory_task(memory_file: str) -> dict:
+    entity = {"name": "rods", "entityType": "project", "observations": ["trains agents"]}
+    return {
+        "id": "mcp-memory-test", "env": "mcp", "domain": "memory", "skill": "base", "origin": "seed",
+        "parent_id": None, "generation": 0,
+        "env_config": {"command": [str(MEMORY_SERVER)], "env": {"MEMORY_FILE_PATH": memory_file}, "timeout_s": 20,
+                       "state_calls": [{"name": "read_graph", "arguments": {}}]},
+        "initial_state": {}, "user_turns": ["remember rods"], "tools": [], "withheld": [],
+        "reference": [[{"name": "create_entities", "arguments": {"entities": [entity]}}]],
+    }
+
+
+@pytest.mark.skipif(not MEMORY_SERVER.exists(), reason="npm's server-memory is not installed (make install with npm)")
+def test_state_kept_outside_the_folder_is_caught_by_replay_and_fixed_by_config(tmp_path):
+    """server-memory keeps its graph in MEMORY_FILE_PATH (by default a file in its own
+    package): a path outside the episode folder is shared by every episode. `rods tasks
+    replay` catches it (the second replay starts from the first one's graph); pointing
+    the file into {workdir} makes every episode its own."""
+    shared = tmp_path / "shared-memory.jsonl"
+    report = replay_tasks([memory_task(str(shared))])
+    assert shared.exists()  # state outside the folder, left behind
+    assert [f.task_id for f in report.failures] == ["mcp-memory-test"], report.failures
+    assert "second replay" in report.failures[0].message
+    report = replay_tasks([memory_task("{workdir}/memory.jsonl")])
+    assert not report.failures, report.failures
