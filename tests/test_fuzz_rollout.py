@@ -4,7 +4,8 @@
 Every run must exit 0 (or 2 with one line when the server itself breaks), the output must
 validate, and every limit must hold on every record: --max-tokens, --max-new-tokens per
 reply, --max-steps-per-turn, --timeout. No server process or working folder is left behind.
-Together the runs send well over 1,000 replies (counted and asserted).
+The built-in run alone sends over 1,000 replies (counted by the server and asserted); the
+BFCL and MCP runs add about 180 more. The two long runs are marked slow.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from rodscli.policy.base import load_tokenizer
 from rodscli.policy.chat import ChatFormat
 
 FINISH_REASONS = {"done", "max_steps", "max_tokens", "timeout", "env_error"}
-REPLIES = {"total": 0}
 
 
 def tool_params(tasks: list[dict]) -> dict[str, dict]:
@@ -122,18 +122,18 @@ def fuzz(tiny_policy, tmp_path, capsys, tasks, group_size, max_tokens, max_new=5
         assert_limits(rec, max_tokens, max_new, max_steps, timeout)
     assert children() <= before_children  # every server process reaped
     assert mcp_folders() <= before_folders  # every working folder removed
-    REPLIES["total"] += srv.requests
     print(f"{srv.requests} replies")
     return rows, srv.requests
 
 
+@pytest.mark.slow
 def test_fuzz_builtin(tiny_policy, tmp_path, capsys):
     tasks = [t for i, t in enumerate(seed_tasks()) if i % 6 == 0][:48]
     rows, n = fuzz(tiny_policy, tmp_path, capsys, tasks, group_size=6, max_tokens=8000, max_new=256)
     calls = [c for r in rows for c in r["calls"]]
     # the generator reaches every kind of outcome, the tools' own code included
     assert {c["error"] for c in calls} >= {"parse_error", "unknown_tool", "bad_arguments", "tool_error"}
-    assert n >= 900
+    assert n >= 1000  # deterministic: the replies follow the requests' seeds
 
 
 def test_fuzz_bfcl(tiny_policy, tmp_path, capsys):
@@ -146,6 +146,7 @@ def test_fuzz_bfcl(tiny_policy, tmp_path, capsys):
     assert n >= 150
 
 
+@pytest.mark.slow
 def test_fuzz_mcp(tiny_policy, tmp_path, capsys):
     from test_mcp_env import SQLITE_SERVER, sqlite_task
 
@@ -158,20 +159,13 @@ def test_fuzz_mcp(tiny_policy, tmp_path, capsys):
     assert n >= 12
 
 
-def test_fuzz_sent_over_1000_replies():
-    """Runs after the three fuzz runs above (file order): their replies, counted by the server."""
-    if REPLIES["total"] == 0:
-        pytest.skip("run with the fuzz tests above")
-    assert REPLIES["total"] >= 1000, REPLIES
-
-
 @pytest.mark.parametrize("broken", ["garbage", "too_long", "bad_id", "http_500"])
 def test_server_breaking_mid_run_is_exit_2_one_line_no_output(broken, tiny_policy, tmp_path, capsys):
     """The server answers hostile model replies, then breaks at a random request: exit 2,
     one line, no output file, no process left."""
     tok = load_tokenizer(tiny_policy)
     fmt = ChatFormat(tok)
-    tasks = [t for i, t in enumerate(seed_tasks()) if i % 24 == 0][:6]
+    tasks = [t for i, t in enumerate(seed_tasks()) if i % 24 == 0][:3]
     task_file, out = tmp_path / "tasks.jsonl", tmp_path / "r.jsonl"
     records.write_records(task_file, tasks, "task")
     good = FuzzServer(fmt, HostileReplies(tool_params(tasks), len(tok)))
@@ -179,7 +173,7 @@ def test_server_breaking_mid_run_is_exit_2_one_line_no_output(broken, tiny_polic
     bad = {"garbage": Reply(b"\x00\xff{"), "too_long": completion([5] * 5000),
            "bad_id": completion([5, len(tok) + 7]), "http_500": Reply(b"{}", status=500)}[broken]
     count = {"n": 0}
-    at = random.Random(broken).randrange(3, 30)
+    at = random.Random(broken).randrange(2, 8)
 
     def answer(body):
         count["n"] += 1
@@ -188,7 +182,7 @@ def test_server_breaking_mid_run_is_exit_2_one_line_no_output(broken, tiny_polic
     with HostileServer(answer) as srv:
         code = main(["rollout", "--policy", str(tiny_policy), "--tasks", str(task_file), "--out", str(out),
                      "--backend", "openai", "--base-url", srv.url, "-G", "2", "--max-tokens", "2500",
-                     "--max-new-tokens", "512"])
+                     "--max-new-tokens", "128"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not list(tmp_path.glob("r.*")) and not list(tmp_path.glob(".r.*"))
