@@ -14,6 +14,10 @@ STAMP := $(VENV)/.installed
 # The MCP test server (tests/test_mcp_env.py). mcp-server-sqlite needs mcp<2 (rods uses mcp 2.x):
 # it lives in its own virtualenv and is started by path; stdio keeps the two versions apart.
 MCP_SQLITE := $(VENV)/mcp-servers/sqlite/bin/mcp-server-sqlite
+# Servers the hostile-input tests run against (tests/test_mcp_hostile.py): mcp-server-git in its
+# own virtualenv; npm's server-memory when npm is there (its test is skipped otherwise).
+MCP_GIT := $(VENV)/mcp-servers/git/bin/mcp-server-git
+MCP_MEMORY := $(VENV)/mcp-servers/memory/node_modules/.bin/mcp-server-memory
 PYTEST_ARGS ?=
 
 .PHONY: install test test-fast lint bench clean-venv help
@@ -21,11 +25,20 @@ PYTEST_ARGS ?=
 help:
 	@sed -n '1,6p' Makefile
 
-install: $(STAMP) $(MCP_SQLITE)
+install: $(STAMP) $(MCP_SQLITE) $(MCP_GIT) $(MCP_MEMORY)
 
 $(MCP_SQLITE):
 	@test -x $(VENV)/mcp-servers/sqlite/bin/python || $(PY) -m venv $(VENV)/mcp-servers/sqlite
 	$(VENV)/mcp-servers/sqlite/bin/pip install -q --disable-pip-version-check 'mcp-server-sqlite==2025.4.25' 'mcp[cli]>=1.6,<2'
+
+$(MCP_GIT):
+	@test -x $(VENV)/mcp-servers/git/bin/python || $(PY) -m venv $(VENV)/mcp-servers/git
+	$(VENV)/mcp-servers/git/bin/pip install -q --disable-pip-version-check 'mcp-server-git==2026.10.19'
+
+$(MCP_MEMORY):
+	@if command -v npm >/dev/null; then \
+		npm install --no-audit --no-fund --prefix $(VENV)/mcp-servers/memory @modelcontextprotocol/server-memory@2026.8.31; \
+	else echo "npm not found: the memory MCP server's test will be skipped"; fi
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)

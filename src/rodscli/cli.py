@@ -75,7 +75,13 @@ def _globals(
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip schema validation of inputs and outputs (faster)."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of user errors too."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    allow_command: list[str] = typer.Option(None, "--allow-command", help="Only these commands may run as MCP servers (a name, a path or a pattern like '/opt/mcp/*'; repeat it). Adds to RODS_ALLOW_COMMANDS. Default: any command a task file names."),
 ) -> None:
+    if allow_command:
+        from rodscli.envs.mcp import ALLOW_ENV
+
+        given = [os.environ[ALLOW_ENV]] if os.environ.get(ALLOW_ENV) else []
+        os.environ[ALLOW_ENV] = os.pathsep.join(given + list(allow_command))
     Globals.seed = seed
     Globals.validate = not no_validate
     Globals.debug = debug
@@ -89,6 +95,16 @@ def provenance(inputs: list[str | Path], **extra: object) -> dict:
     if Globals.command is not None:
         extra.setdefault("command", Globals.command)
     return records.provenance([str(p) for p in inputs], seed=Globals.seed, **extra)
+
+
+def out_file(value: str) -> str:
+    """`--out` of a record file: checked when the options are read, before any work."""
+    return records.check_output(value) if value is not None else value
+
+
+def out_folder(value: str) -> str:
+    """`--out` of a folder (a checkpoint, a report): checked before any work."""
+    return records.check_output(value, folder=True) if value is not None else value
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,7 +140,7 @@ def validate(
 @app.command()
 def convert(
     src: str = typer.Argument(..., metavar="IN", help="Input records (.jsonl, .parquet, or - for JSONL on stdin)."),
-    dst: str = typer.Argument(..., metavar="OUT", help="Output records (.jsonl, .parquet, or - for JSONL on stdout)."),
+    dst: str = typer.Argument(..., metavar="OUT", callback=out_file, help="Output records (.jsonl, .parquet, or - for JSONL on stdout)."),
     schema: str = typer.Option(None, "--schema", "-s", help="Record type; default: the one recorded in IN's provenance, else the one its first record fits."),
 ) -> None:
     """Convert records between JSONL and Parquet, validating them; OUT gets fresh provenance."""
@@ -151,7 +167,7 @@ _Builtin = tasks_stage.BuiltinTasksOptions
 
 @tasks_app.command("builtin")
 def tasks_builtin(
-    out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
     domain: str = typer.Option(None, "--domain", help=field_help(_Builtin, "domain")),
     per_skill: int = typer.Option(field_default(_Builtin, "per_skill"), "--per-skill", help=field_help(_Builtin, "per_skill")),
     profile: bool = typer.Option(field_default(_Builtin, "profile"), "--profile/--no-profile", help=field_help(_Builtin, "profile")),
@@ -167,7 +183,7 @@ def tasks_builtin(
 
 @tasks_app.command("bfcl")
 def tasks_bfcl(
-    out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
     split: str = typer.Option(field_default(BFCLTasksOptions, "split"), "--split", help=field_help(BFCLTasksOptions, "split")),
     categories: list[str] = typer.Option(field_default(BFCLTasksOptions, "categories"), "--categories", help=field_help(BFCLTasksOptions, "categories") + " Repeat the option or separate by commas."),
     split_seed: int = typer.Option(field_default(BFCLTasksOptions, "split_seed"), "--split-seed", help=field_help(BFCLTasksOptions, "split_seed")),
@@ -251,7 +267,7 @@ _Init, _Roll = InitPolicyOptions, RolloutOptions
 
 @app.command("init-policy")
 def init_policy(
-    out: str = typer.Option(..., "--out", "-o", help="Checkpoint directory to create (a normal Hugging Face checkpoint)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_folder, help="Checkpoint directory to create (a normal Hugging Face checkpoint)."),
     seed: int = typer.Option(None, "--seed", help="Seed of the random weights (default: the global --seed)."),
     vocab_size: int = typer.Option(field_default(_Init, "vocab_size"), "--vocab-size", help=field_help(_Init, "vocab_size")),
     hidden_size: int = typer.Option(field_default(_Init, "hidden_size"), "--hidden-size", help=field_help(_Init, "hidden_size")),
@@ -288,7 +304,7 @@ def init_policy(
 def rollout(
     policy: str = typer.Option(..., "--policy", help="Checkpoint directory (tokenizer and chat template; the weights too for hf and vllm)."),
     tasks: str = typer.Option(..., "--tasks", help="Tasks (.jsonl, .parquet, or - for JSONL on stdin)."),
-    out: str = typer.Option(..., "--out", "-o", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
     group_size: int = typer.Option(field_default(_Roll, "group_size"), "--group-size", "-G", help=field_help(_Roll, "group_size")),
     backend: str = typer.Option(field_default(_Roll, "backend"), "--backend", help=field_help(_Roll, "backend")),
     temperature: float = typer.Option(field_default(_Roll, "temperature"), "--temperature", help=field_help(_Roll, "temperature")),
@@ -347,7 +363,7 @@ _Score, _Detect = score_stage.ScoreConfig, detect_stage.DetectConfig
 def score(
     rollouts: str = typer.Option(..., "--rollouts", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdin)."),
     tasks: list[str] = typer.Option(..., "--tasks", help="The tasks the rollouts were made from (.jsonl or .parquet); repeat it for several files (e.g. train and test)."),
-    out: str = typer.Option(..., "--out", "-o", help="Scored rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Scored rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
     reward: str = typer.Option(field_default(_Score, "reward"), "--reward", help=field_help(_Score, "reward")),
     irrelevance: str = typer.Option(field_default(_Score, "irrelevance"), "--irrelevance", help=field_help(_Score, "irrelevance")),
     weights: str = typer.Option(field_default(_Score, "weights"), "--weights", help=field_help(_Score, "weights")),
@@ -381,7 +397,7 @@ def score(
 @app.command()
 def detect(
     scored: str = typer.Option(..., "--scored", help="Scored rollouts (.parquet is scanned column by column; .jsonl, or - for stdin)."),
-    out: str = typer.Option(..., "--out", "-o", help="Groups (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Groups (.jsonl, .parquet, or - for JSONL on stdout)."),
     previous: str = typer.Option(None, "--previous", help="The previous iteration's groups file: carries ema_mean, iterations_seen and zone_counts on."),
     alpha_low: float = typer.Option(field_default(_Detect, "alpha_low"), "--alpha-low", help=field_help(_Detect, "alpha_low")),
     alpha_high: float = typer.Option(field_default(_Detect, "alpha_high"), "--alpha-high", help=field_help(_Detect, "alpha_high")),
@@ -421,7 +437,7 @@ def _teacher_opt(name: str, *flags: str):
 
 @app.command()
 def synthesize(
-    out: str = typer.Option(..., "--out", "-o", help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
     groups: str = typer.Option(None, "--groups", help="Groups from `rods detect`: the selected ones (by rank) are the seeds."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks the groups were rolled out on (seeds are looked up here and in --buffer)."),
     buffer: str = typer.Option(None, "--buffer", help="The current buffer: more tasks to look seeds up in and to check near-duplicates against."),
@@ -496,8 +512,8 @@ _Merge = buffer_stage.MergeOptions
 
 @app.command("merge-buffer")
 def merge_buffer(
-    out: str = typer.Option(..., "--out", "-o", help="The new buffer (.jsonl or .parquet): the whole pool state."),
-    next_batch: str = typer.Option(..., "--next-batch", help="Tasks to roll out at iteration n + 1 (.jsonl, .parquet, or - for stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="The new buffer (.jsonl or .parquet): the whole pool state."),
+    next_batch: str = typer.Option(..., "--next-batch", callback=out_file, help="Tasks to roll out at iteration n + 1 (.jsonl, .parquet, or - for stdout)."),
     buffer: str = typer.Option(None, "--buffer", help="The current buffer file (from the previous merge-buffer)."),
     init_from: str = typer.Option(None, "--init-from", help="Start a new buffer from these tasks (every one active; seeds are never retired)."),
     groups: str = typer.Option(None, "--groups", help="Groups of iteration n (from `rods detect`)."),
@@ -552,7 +568,7 @@ def _train_opt(name: str, *flags: str):
 def train_step(
     policy: str = typer.Option(..., "--policy", help="Input policy checkpoint (Hugging Face directory)."),
     scored: str = typer.Option(None, "--scored", "--rollouts", help="Scored rollouts to train on (grpo mode; - for JSONL on stdin)."),
-    out: str = typer.Option(..., "--out", "-o", help="Output checkpoint directory (weights, tokenizer, optimizer state, metrics.jsonl)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_folder, help="Output checkpoint directory (weights, tokenizer, optimizer state, metrics.jsonl)."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks whose reference solutions SFT trains on (sft mode)."),
     mode: str = _train_opt("mode", "--mode"),
     lr: float | None = _train_opt("lr", "--lr"),
@@ -643,11 +659,11 @@ def _eval_roll(name: str, *flags: str):
 def eval_(
     policy: str = typer.Option(..., "--policy", help="Policy checkpoint to evaluate (Hugging Face directory, or the model name with --backend openai)."),
     tasks: str = typer.Option(..., "--tasks", help="Held-out tasks (.jsonl or .parquet)."),
-    out: str = typer.Option(..., "--out", "-o", help="Eval records: one per task, then per skill and overall (.jsonl, .parquet, or - for JSONL on stdout)."),
+    out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Eval records: one per task, then per skill and overall (.jsonl, .parquet, or - for JSONL on stdout)."),
     k: int = typer.Option(field_default(EvalOptions, "k"), "--k", help=field_help(EvalOptions, "k")),
     greedy: bool = typer.Option(field_default(EvalOptions, "greedy"), "--greedy/--no-greedy", help=field_help(EvalOptions, "greedy")),
     iteration: int = typer.Option(field_default(EvalOptions, "iteration"), "--iteration", help=field_help(EvalOptions, "iteration")),
-    episodes: str = typer.Option(None, "--episodes", help="Also write the scored episodes here (for inspection)."),
+    episodes: str = typer.Option(None, "--episodes", callback=out_file, help="Also write the scored episodes here (for inspection)."),
     backend: str = _eval_roll("backend", "--backend"),
     temperature: float = _eval_roll("temperature", "--temperature"),
     top_p: float = _eval_roll("top_p", "--top-p"),
@@ -702,7 +718,7 @@ def eval_(
 @app.command()
 def report(
     runs: list[str] = typer.Argument(..., help="Run folders written by `make loop` (RUN); several are overlaid."),
-    out: str = typer.Option(field_default(ReportOptions, "out"), "--out", "-o", help=field_help(ReportOptions, "out")),
+    out: str = typer.Option(field_default(ReportOptions, "out"), "--out", "-o", callback=out_folder, help=field_help(ReportOptions, "out")),
     name: list[str] = typer.Option([], "--name", help=field_help(ReportOptions, "names") + " Repeat once per run."),
     plots: bool = typer.Option(field_default(ReportOptions, "plots"), "--plots/--no-plots", help=field_help(ReportOptions, "plots")),
     study: bool = typer.Option(field_default(ReportOptions, "study"), "--study", help=field_help(ReportOptions, "study")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -56,10 +57,37 @@ class CallOutcome:
 
 
 def format_result(value: Any) -> str:
-    """The text a tool result is shown as: strings as they are, anything else as sorted JSON."""
+    """The text a tool result is shown as: strings as they are, anything else as sorted JSON.
+
+    Any value gives text: integers past 64 bits and objects orjson cannot write fall back to
+    the standard library's JSON, lone surrogates become "?", and a text longer than
+    MAX_RESULT_CHARS is cut (saying so), since no model context holds more."""
     if isinstance(value, str):
-        return value
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+        text = value
+    else:
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+        except TypeError:  # orjson.JSONEncodeError: big integers, deep nesting, surrogates
+            try:
+                text = json.dumps(value, sort_keys=True, default=str)
+            except (TypeError, ValueError, RecursionError) as exc:
+                text = f"<a {type(value).__name__} that cannot be written as JSON: {type(exc).__name__}>"
+    return clean_text(text)
+
+
+MAX_RESULT_CHARS = 1_000_000
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid UTF-8 (lone surrogates replaced by "?"), at most MAX_RESULT_CHARS long."""
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + f"[... {len(text) - MAX_RESULT_CHARS} characters cut]"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode()
+    return text
 
 
 def state_hash(snapshot: Any) -> str:
@@ -303,12 +331,24 @@ class Episode(ABC):
         try:
             value = self.invoke(name, dict(arguments))
         except Exception as exc:  # a tool's failure is the model's data, not our crash
-            return CallOutcome(f"Error: {type(exc).__name__}: {exc}", TOOL_ERROR)
-        return CallOutcome(self.result_text(value))
+            return CallOutcome(error_text(exc), TOOL_ERROR)
+        try:
+            return CallOutcome(self.result_text(value))
+        except Exception as exc:  # e.g. an object whose str() raises: still the model's data
+            return CallOutcome(error_text(exc), TOOL_ERROR)
 
     def result_text(self, value: Any) -> str:
         """The text a tool's return value is shown as (`format_result`; a family may differ)."""
         return format_result(value)
+
+
+def error_text(exc: BaseException) -> str:
+    """'Error: Kind: message' for a tool's exception, whatever its message holds."""
+    try:
+        message = str(exc)
+    except Exception:  # a message that cannot be shown (e.g. an integer past str()'s digit limit)
+        message = "(message cannot be shown)"
+    return clean_text(f"Error: {type(exc).__name__}: {message}")
 
 
 class Environment(ABC):
@@ -381,6 +421,7 @@ class ReferenceTrace:
     errors: list[list[str | None]] = field(default_factory=list)
     state_hashes: list[str] = field(default_factory=list)  # after each turn
     snapshots: list[Any] = field(default_factory=list)  # after each turn
+    failure: str | None = None  # the environment itself broke during the replay (ENV_ERROR): why
 
     @property
     def ok(self) -> bool:
@@ -402,4 +443,6 @@ def replay_reference(task: dict, keep_snapshots: bool = False) -> ReferenceTrace
                 trace.snapshots.append(snap)
             else:
                 trace.state_hashes.append(episode.snapshot_hash())
+        if episode.failed or any(e == ENV_ERROR for turn in trace.errors for e in turn):
+            trace.failure = getattr(episode, "failure", None) or "the environment failed"
     return trace

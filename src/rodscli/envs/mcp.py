@@ -6,6 +6,15 @@ share state. Tools come from the server's `tools/list`; the comparable state com
 configured read-only calls (e.g. a SELECT on a SQLite server) and files in the working
 directory.
 
+The working directory differs per episode, so it never reaches the model or the state: in
+every result, error and state text its path reads `{workdir}`, and `{workdir}` in any call's
+string arguments is the path again (so a model that repeats a path it was shown reaches the
+same file, and replays of one task compare equal). The server's stderr goes to a log beside
+the working directory, out of the server's reach (`rods-mcp-*/server-stderr.log`); its last
+lines end every error about the server. A task's `command` runs any program: task files are
+code. `RODS_ALLOW_COMMANDS` (or the global `--allow-command`) limits which (see
+docs/trust-and-limits.md).
+
 The episode interface is synchronous; the async `mcp` 2.x client runs on an event loop in a
 background thread per episode (an anyio blocking portal). The server process is spawned here
 (not inside the SDK's `stdio_client`) so the episode holds its pid: `close()` always reaps it,
@@ -28,6 +37,7 @@ Task fields used:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import signal
@@ -42,6 +52,9 @@ from rodscli.envs.base import ENV_ERROR, CallOutcome, Environment, Episode, form
 from rodscli.errors import InputError
 
 _KILL_GRACE_S = 2.0  # after stdin closes, before SIGKILL to the server's process group
+WORKDIR = "{workdir}"
+ALLOW_ENV = "RODS_ALLOW_COMMANDS"  # os.pathsep-separated commands (or fnmatch patterns) MCP tasks may run
+_LOG_TAIL_LINES = 5
 
 
 class ServerFailure(Exception):
@@ -73,6 +86,10 @@ class MCPConfig:
         if not command or not all(isinstance(c, str) for c in command):
             raise InputError("MCP task needs env_config.command (the server executable)", where=where,
                              field="env_config.command")
+        allowed = allowed_commands()
+        if allowed is not None and not command_allowed(command[0], allowed):
+            raise InputError(f"command {command[0]!r} is not allowed: {ALLOW_ENV} / --allow-command lists "
+                             f"{', '.join(map(repr, allowed)) or 'nothing'}", where=where, field="env_config.command")
         args = cfg.get("args") or []
         if not all(isinstance(a, str) for a in args):
             raise InputError("env_config.args must be strings", where=where, field="env_config.args")
@@ -87,6 +104,31 @@ class MCPConfig:
         return cls(command=list(command) + list(args), env=dict(cfg.get("env") or {}),
                    setup_calls=list(cfg.get("setup_calls") or []), state_calls=list(cfg.get("state_calls") or []),
                    state_files=list(cfg.get("state_files") or []), timeout_s=float(timeout))
+
+
+def allowed_commands() -> list[str] | None:
+    """The commands MCP tasks may run (from RODS_ALLOW_COMMANDS), or None: any command."""
+    value = os.environ.get(ALLOW_ENV)
+    if value is None:
+        return None
+    return [entry for entry in value.split(os.pathsep) if entry]
+
+
+def command_allowed(command: str, allowed: list[str]) -> bool:
+    """Whether `command` (as written, or the file it resolves to on PATH) matches an entry of
+    `allowed`: a command name, a path, or an fnmatch pattern such as `/opt/mcp/*`."""
+    names = {command}
+    found = shutil.which(command)
+    if found:
+        names |= {os.path.abspath(found), os.path.realpath(found)}
+    for entry in allowed:
+        patterns = {entry}
+        resolved = shutil.which(entry) if not any(c in entry for c in "*?[") else None
+        if resolved:
+            patterns |= {os.path.abspath(resolved), os.path.realpath(resolved)}
+        if any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns):
+            return True
+    return False
 
 
 def tool_schema(tool: Any) -> dict:
@@ -111,14 +153,15 @@ def result_text(result: Any) -> str:
 
 @contextlib.asynccontextmanager
 async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout_s: float,
-                         on_process: Any) -> AsyncIterator[Any]:
-    """Spawn the server, bridge its stdin/stdout to an initialized `ClientSession`."""
+                         on_process: Any, log_path: str, stopped: dict) -> AsyncIterator[Any]:
+    """Spawn the server, bridge its stdin/stdout to an initialized `ClientSession`. Its
+    stderr goes to `log_path`; `stopped["killed"]` says whether rods had to kill it."""
     import anyio
     import mcp_types
     from mcp.client.session import ClientSession
     from mcp.shared.message import SessionMessage
 
-    errlog = open(os.path.join(cwd, ".server-stderr.log"), "ab")  # noqa: SIM115 - closed below
+    errlog = open(log_path, "ab")  # noqa: SIM115 - closed below
     try:
         process = await anyio.open_process(argv, cwd=cwd, env=env, stderr=errlog, start_new_session=True)
     except OSError as exc:
@@ -157,7 +200,8 @@ async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout
             tg.start_soon(reader)
             tg.start_soon(writer)
             try:
-                async with ClientSession(read_recv, write_send, read_timeout_seconds=timeout_s) as session:
+                # the handshake may take 3x (a cold start); every later request is bounded in `_request`
+                async with ClientSession(read_recv, write_send, read_timeout_seconds=3 * timeout_s) as session:
                     with anyio.fail_after(3 * timeout_s):
                         await session.initialize()
                     yield session
@@ -167,6 +211,8 @@ async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout
                     with contextlib.suppress(Exception):
                         await process.stdin.aclose()
                     await _wait_exit(process, _KILL_GRACE_S)
+                    if process.returncode is None:
+                        stopped["killed"] = True
                     _kill_group(process.pid)
                     await _wait_exit(process, _KILL_GRACE_S)
     finally:
@@ -195,7 +241,13 @@ class MCPEpisode(Episode):
         from anyio.from_thread import start_blocking_portal
 
         self.config = config
-        self.workdir = tempfile.mkdtemp(prefix="rods-mcp-")
+        # rods-mcp-XXXX/work is the server's folder; its log lies beside it, out of its reach
+        self.root = tempfile.mkdtemp(prefix="rods-mcp-")
+        self.workdir = os.path.join(self.root, "work")
+        os.mkdir(self.workdir)
+        self.log_path = os.path.join(self.root, "server-stderr.log")
+        self._paths = sorted({self.workdir, os.path.realpath(self.workdir)}, key=len, reverse=True)
+        self._stopped: dict = {}
         self.failure: str | None = None
         self.pid: int | None = None
         self._process: Any = None
@@ -213,17 +265,22 @@ class MCPEpisode(Episode):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
             self._portal = self._stack.enter_context(start_blocking_portal())
-            argv = [a.replace("{workdir}", self.workdir) for a in config.command]
-            env = {**_inherited_env(), **{k: v.replace("{workdir}", self.workdir) for k, v in config.env.items()}}
+            argv = [a.replace(WORKDIR, self.workdir) for a in config.command]
+            env = {**_inherited_env(), **{k: v.replace(WORKDIR, self.workdir) for k, v in config.env.items()}}
             try:
                 self._session = self._stack.enter_context(self._portal.wrap_async_context_manager(
-                    _stdio_session(argv, self.workdir, env, config.timeout_s, self._on_process)))
-            except TimeoutError:
-                raise ServerFailure(f"MCP server did not finish its handshake within {3 * config.timeout_s:g}s") from None
+                    _stdio_session(argv, self.workdir, env, config.timeout_s, self._on_process, self.log_path,
+                                   self._stopped)))
             except Exception as exc:
-                if isinstance(exc, ServerFailure) and self.pid is None:  # the command could not be run at all
-                    raise InputError(str(exc), field="env_config.command") from None
-                raise ServerFailure(f"MCP server failed during its handshake: {exc}{self._exit_note()}") from None
+                cause = _innermost(exc)  # anyio wraps a task's failure in an exception group
+                if isinstance(cause, ServerFailure) and self.pid is None:  # the command could not be run at all
+                    raise InputError(str(cause), field="env_config.command") from None
+                if isinstance(cause, TimeoutError):
+                    raise ServerFailure(f"MCP server did not finish its handshake within {3 * config.timeout_s:g}s"
+                                        f"{self._log_note()}") from None
+                said = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+                raise ServerFailure(f"MCP server failed during its handshake: {said}{self._exit_note()}"
+                                    f"{self._log_note()}") from None
             self._tools = [tool_schema(t) for t in self._request(self._session.list_tools).tools]
             for c in config.setup_calls + list(initial_state.get("calls") or []):
                 try:
@@ -254,25 +311,49 @@ class MCPEpisode(Episode):
         try:
             return self._portal.call(bounded)
         except TimeoutError:
-            raise ServerFailure(f"MCP server did not answer within {self.config.timeout_s:g}s (hung)") from None
+            raise ServerFailure(f"MCP server did not answer within {self.config.timeout_s:g}s (hung)"
+                                f"{self._log_note()}") from None
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
-                raise ServerFailure(f"MCP server did not answer within {self.config.timeout_s:g}s (hung)") from None
+                raise ServerFailure(f"MCP server did not answer within {self.config.timeout_s:g}s (hung)"
+                                    f"{self._log_note()}") from None
             if exc.code == CONNECTION_CLOSED:
-                raise ServerFailure(f"MCP server closed the connection{self._exit_note()}") from None
+                raise ServerFailure(f"MCP server closed the connection{self._exit_note()}{self._log_note()}") from None
             raise ToolFailure(f"MCP error {exc.code}: {exc.message}") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
-            raise ServerFailure(f"MCP server connection broke{self._exit_note()}") from None
+            raise ServerFailure(f"MCP server connection broke{self._exit_note()}{self._log_note()}") from None
 
     def _exit_note(self) -> str:
         code = getattr(self._process, "returncode", None)
-        if code is None:
+        if code is None or self._stopped.get("killed"):  # still running, or rods's own kill
             return ""
         return f" (server exited with {'signal ' + str(-code) if code < 0 else 'code ' + str(code)})"
 
+    def _log_note(self) -> str:
+        """'; server log: <its last lines>' (the server's own words on what went wrong), or ''."""
+        tail = self.normalized(server_log_tail(self.log_path))
+        return f"; server log: {tail}" if tail else ""
+
+    def normalized(self, text: str) -> str:
+        """`text` with the episode's working directory written as {workdir}."""
+        for path in self._paths:
+            text = text.replace(path, WORKDIR)
+        return text
+
+    def with_workdir(self, value: Any) -> Any:
+        """Call arguments with {workdir} in their strings written as the working directory."""
+        if isinstance(value, str):
+            return value.replace(WORKDIR, self.workdir) if WORKDIR in value else value
+        if isinstance(value, dict):
+            return {k: self.with_workdir(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.with_workdir(v) for v in value]
+        return value
+
     def _call_tool(self, name: str, arguments: dict) -> str:
-        result = self._request(self._session.call_tool, name, arguments, read_timeout_seconds=self.config.timeout_s)
-        text = result_text(result)
+        result = self._request(self._session.call_tool, name, self.with_workdir(arguments),
+                               read_timeout_seconds=self.config.timeout_s)
+        text = self.normalized(result_text(result))
         if result.is_error:
             raise ToolFailure(text or f"tool {name!r} failed")
         return text
@@ -318,7 +399,7 @@ class MCPEpisode(Episode):
                 if path.is_file():
                     data = path.read_bytes()
                     try:
-                        files[path.relative_to(root).as_posix()] = data.decode()
+                        files[path.relative_to(root).as_posix()] = self.normalized(data.decode())
                     except UnicodeDecodeError:
                         files[path.relative_to(root).as_posix()] = {"bytes": len(data), "hex": data.hex()}
         return {"calls": calls, "files": files}
@@ -326,7 +407,7 @@ class MCPEpisode(Episode):
     def _fail(self, message: str) -> None:
         if not self.failed:
             self.failed = True
-            self.failure = message
+            self.failure = self.normalized(message)
             # a hung server may never answer again: stop it now, not at close()
             if self.pid is not None:
                 _kill_group(self.pid)
@@ -343,7 +424,28 @@ class MCPEpisode(Episode):
                     _kill_group(self.pid)
                     with contextlib.suppress(ChildProcessError, OSError):
                         os.waitpid(self.pid, os.WNOHANG)
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                shutil.rmtree(self.root, ignore_errors=True)
+
+
+def server_log_tail(path: str, lines: int = _LOG_TAIL_LINES, limit: int = 600) -> str:
+    """The last non-empty lines of a server's stderr log, joined with ' | ' (at most `limit` characters)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8 * limit))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = " | ".join(line.strip() for line in data.splitlines() if line.strip())
+    tail = " | ".join(tail.split(" | ")[-lines:])
+    return tail if len(tail) <= limit else "..." + tail[-limit:]
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first innermost error of (nested) exception groups; `exc` itself otherwise."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _inherited_env() -> dict[str, str]:

@@ -36,6 +36,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from rodscli.envs.base import (
     ENV_ERROR,
     PARSE_ERROR,
@@ -91,12 +93,20 @@ def format_tool_call(name: str, arguments: dict) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
+# the deepest arguments a call may have: enough for any real tool, far below what breaks a
+# JSON writer (orjson stops at 255 levels) or Python's recursion limit
+MAX_ARGUMENT_DEPTH = 32
+
+
 def parse_tool_calls(text: str) -> tuple[str, list[ParsedCall]]:
     """Split an assistant message into its plain text and its `<tool_call>` blocks.
 
     Each block must hold a JSON object {"name": str, "arguments": object (or a JSON string
     of one)}; anything else, including a block the model never closed, is a parse_error
-    call. Model text is only ever parsed as JSON, never evaluated.
+    call. Model text is only ever parsed as JSON, never evaluated. The parser is strict
+    JSON (orjson): no NaN or Infinity, no lone surrogates, numbers past 64-bit integers
+    become floats; arguments nested deeper than MAX_ARGUMENT_DEPTH are a parse_error too,
+    so whatever a call holds can be written to the rollout records.
     """
     calls = []
     for match in _TOOL_CALL.finditer(text):
@@ -106,23 +116,38 @@ def parse_tool_calls(text: str) -> tuple[str, list[ParsedCall]]:
             calls.append(ParsedCall(raw, error=PARSE_ERROR, problem="unclosed <tool_call>"))
             continue
         try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             calls.append(ParsedCall(raw, error=PARSE_ERROR, problem=f"invalid JSON ({exc})"))
             continue
         name = obj.get("name") if isinstance(obj, dict) else None
         args = obj.get("arguments", {}) if isinstance(obj, dict) else None
         if isinstance(args, str):
             try:
-                args = json.loads(args)
-            except (ValueError, RecursionError):
+                args = orjson.loads(args)
+            except orjson.JSONDecodeError:
                 args = None
         if not isinstance(name, str) or not isinstance(args, dict):
             calls.append(ParsedCall(raw, error=PARSE_ERROR, problem='expected {"name": string, "arguments": object}'))
             continue
+        if _depth(args, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+            calls.append(ParsedCall(raw, error=PARSE_ERROR, problem=f"arguments nested deeper than {MAX_ARGUMENT_DEPTH} levels"))
+            continue
         calls.append(ParsedCall(raw, name=name, arguments=args))
     content = _TOOL_CALL.sub("", text).strip()
     return content, calls
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Levels of containers in JSON data ({} is 1, {"a": [1]} is 2), counted up to limit + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [x for x in level if isinstance(x, dict | list)]
+        if not level:
+            break
+        depth += 1
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x)]
+    return depth
 
 
 # ---------------------------------------------------------------------------------------

@@ -96,6 +96,9 @@ def dependency_parents(task: dict, n_ref: int) -> list[set[int]]:
 def prepare_reference(task: dict) -> TaskReference:
     """Replay the task's reference and collect its tool schemas."""
     trace = replay_reference(task)
+    if trace.failure is not None:  # every rollout would be compared with a broken environment's output
+        raise InputError(f"the reference replay of task {task['id']!r} failed, so its rollouts cannot be scored: "
+                         f"{trace.failure}", where=task["id"], field="reference")
     with open_episode(task) as episode:
         wanted = set(task.get("tools") or []) or None
         tools = {n: s for n, s in episode.tool_index().items() if wanted is None or n in wanted}

@@ -117,10 +117,20 @@ def _first_error(task: dict, trace: ReferenceTrace) -> str | None:
 def _difference(first: ReferenceTrace, second: ReferenceTrace) -> str | None:
     for turn, (a, b) in enumerate(zip(first.state_hashes, second.state_hashes, strict=True)):
         if first.results[turn] != second.results[turn]:
-            return f"turn {turn}: a second replay gave other results"
+            i, x, y = next((i, x, y) for i, (x, y) in enumerate(zip(first.results[turn], second.results[turn], strict=True))
+                           if x != y)
+            return f"turn {turn} call {i}: a second replay gave another result: {where_differs(x, y)}"
         if a != b:
             return f"turn {turn}: the state after a second replay differs"
     return None
+
+
+def where_differs(a: str, b: str, context: int = 30) -> str:
+    """The first place two texts differ, with a little context: "...x..." vs "...y..."."""
+    i = next((k for k, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), min(len(a), len(b)))
+    start = max(0, i - context)
+    cut = "..." if start else ""
+    return f"{cut}{a[start:i + context]!r} vs {cut}{b[start:i + context]!r}"
 
 
 def replay_tasks(tasks: Sequence[dict], wheres: Sequence[str] | None = None) -> ReplayReport:
