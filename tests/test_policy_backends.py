@@ -224,3 +224,18 @@ def test_vllm_end_to_end(tiny_policy):
     for rec in recs:
         assert_token_in_token_out(rec, next(t for t in tasks if t["id"] == rec["task_id"]), fmt)
         assert rec["n_model_tokens"] > 0 and rec["backend"] == "vllm"
+
+
+def test_hf_prompt_inside_another_episodes_cache_needs_no_forward(tiny_policy):
+    """A second episode of a prompt that a first episode has already gone past: its whole prefix is
+    in the first one's kept KV cache, so nothing is left to compute (this used to be a forward pass
+    over 0 new tokens, which failed) and it samples exactly what the first one sampled."""
+    from rodscli.policy.hf import HFBackend
+
+    backend = HFBackend(tiny_policy, Sampling(temperature=1.0), device="cpu")
+    prompt = list(range(5, 45))
+    first = backend.generate([Request(prompt, 6, seed=3, key="a")], stop_ids=[0])[0]
+    second = backend.generate([Request(prompt, 6, seed=3, key="b")], stop_ids=[0])[0]
+    assert second.token_ids == first.token_ids and second.logprobs == pytest.approx(first.logprobs, abs=1e-5)
+    # and a one-token prompt (an empty prefix) as well
+    assert len(backend.generate([Request([7], 3, seed=1, key="c")], stop_ids=[0])[0].token_ids) >= 1

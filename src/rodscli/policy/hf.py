@@ -205,6 +205,14 @@ class HFBackend(Backend):
                         if m > n:
                             n, best = m, p
                 starts[want] = best.crop(n) if n else _Prefix([], [])
+            for want in [w for w in jobs if len(starts[w].ids) == len(w)]:
+                # all in another episode's cache (a later sample of a task another episode has
+                # begun): nothing to compute, and a forward pass over 0 new tokens would fail
+                computed.append(starts[want])
+                for i in jobs.pop(want):
+                    out[i] = starts[want]
+            if not jobs:
+                break
             order = sorted(jobs, key=lambda w: len(w) - len(starts[w].ids), reverse=True)
             first = order[0]
             if 2 * len(starts[first].ids) < len(first) and len(order) > 1:
