@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,7 @@ def main() -> None:
     records.write_records(out / "template.jsonl", plain, "task")
 
     proc = serve(args.teacher_checkpoint, args.port, out / "serve.log")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the server (finally)
     try:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
                                  concurrency=args.concurrency, max_tokens=args.max_tokens)
