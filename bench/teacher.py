@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18431)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--agents", default="rewrite,critique,augment", help="As --teacher-agents.")
     ap.add_argument("--out", default="runs/bench-teacher")
     args = ap.parse_args()
     out = Path(args.out)
@@ -83,8 +85,8 @@ def main() -> None:
 
     builtin = seed_tasks(per_skill=60)
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
-    seeds = builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []
-    seeds += train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
+    train_seeds = train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
+    seeds = (builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []) + train_seeds
     opts = SynthesizeOptions(per_seed=args.per_seed)
 
     start = time.process_time()
@@ -93,9 +95,10 @@ def main() -> None:
     records.write_records(out / "template.jsonl", plain, "task")
 
     proc = serve(args.teacher_checkpoint, args.port, out / "serve.log")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the server (finally)
     try:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
-                                 concurrency=args.concurrency, max_tokens=args.max_tokens)
+                                 concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents)
         server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
         taught, stats = synthesize(seeds, seeds, opts, teacher=teacher)
         client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
@@ -106,23 +109,24 @@ def main() -> None:
     records.write_records(out / "teacher.jsonl", taught, "task", provenance_info={"synthesis": stats})
 
     t = stats["teacher"]
+    rejected = t.get("critique_rejected", {})
     summary = {
-        "seeds": {"builtin": args.builtin, "bfcl": args.bfcl}, "per_seed": args.per_seed,
+        "seeds": {"builtin": len(seeds) - len(train_seeds), "bfcl": len(train_seeds)}, "per_seed": args.per_seed,
         "teacher": args.teacher_checkpoint, "max_tokens": args.max_tokens,
         "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
                      "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
                      "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},
         "teacher_run": {
-            "rewrite_accepted": f"{t['rewritten_turns']}/{t['turns']}",
-            "rewrite_share": round(t["rewritten_turns"] / max(1, t["turns"]), 4),
-            "critique_rejected": t["critique_rejected"],
-            "critique_accepted": f"{t['given'] - sum(t['critique_rejected'].values())}/{t['given']}",
+            "rewrite_accepted": f"{t.get('rewritten_turns', 0)}/{t.get('turns', 0)}",
+            "rewrite_share": round(t.get("rewritten_turns", 0) / max(1, t.get("turns", 0)), 4),
+            "agents": args.agents, "critique_rejected": rejected,
+            "critique_accepted": f"{t['given'] - sum(rejected.values())}/{t['given']}",
             "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
             "candidates": len(taught), "requests": t["requests"],
             "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
             "distinct_2_rewritten_only": round(distinct_2(
                 [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
-                 for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"]["rewritten"], strict=True) if ok]), 4),
+                 for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
             "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
             "candidates_per_cpu_s": round(len(taught) / (client_cpu + server_used), 4),
         },

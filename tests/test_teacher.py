@@ -54,7 +54,11 @@ class Scripted(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.server.bodies.append(json.loads(self.rfile.read(length)))
         self.server.auth.append(self.headers.get("Authorization"))
-        status, body = self.server.script.pop(0) if len(self.server.script) > 1 else self.server.script[0]
+        script = self.server.script
+        if callable(script[0]):  # an answer made from the request
+            status, body = script[0](self.server.bodies[-1])
+        else:
+            status, body = script.pop(0) if len(script) > 1 else script[0]
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -245,6 +249,42 @@ def test_critique_counts_rejections_by_reason(scripted):
     assert set(stats["prompts"]) == {"critique"} and stats["written"] == 1
     shown = server.bodies[0]["messages"][-1]["content"]
     assert cands[0]["user_turns"][0] in shown and cands[0]["reference"][0][0]["name"] in shown
+
+
+def test_augment_adds_reverified_copies_and_counts_the_rest(scripted):
+    """Paraphrases that keep the values make copies that replay; a long_context copy opens
+    with the distractor; a distractor naming a value of the task drops its copy."""
+    tasks = [orjson.loads(orjson.dumps(t)) for t in seed_tasks(per_skill=1)[:4]]  # base, miss_func, miss_param, long_context
+    cands, _ = synthesize(tasks, tasks, SynthesizeOptions(per_seed=1))
+    assert [c["skill"] for c in cands] == ["base", "miss_func", "miss_param", "long_context"]
+    leak = cands[3]["reference"][0][0]["arguments"]
+    leak = str(next(v for v in leak.values() if isinstance(v, str) and len(v) >= 4))
+    context = "It has been a long week at work. I finally have a quiet morning to sort things out."
+    distractors: list[int] = []
+
+    def answer(body):
+        prompt = body["messages"][-1]["content"]
+        if "Request: " in prompt:  # paraphrase: the request, said a little differently
+            return 200, chat("Hi there! " + prompt.rsplit("Request: ", 1)[1])
+        distractors.append(body["seed"])  # the first one is clean, the second names a value
+        return 200, chat(context if len(distractors) == 1 else f"I talked to {leak} yesterday.")
+
+    _, url = scripted(answer)
+    kept, stats = teach([orjson.loads(orjson.dumps(c)) for c in cands],
+                        TeacherOptions(url=url, model="m", agents="augment", paraphrases=2, concurrency=2))
+    copies = [t for t in kept if "augment_of" in t["synthesis"].get("teacher", {})]
+    assert len(distractors) == 2 and len(copies) == stats["augmented"] == 7  # 3 x 2 + the clean long_context copy
+    assert stats["augment_rejected"] == {"augment_context_rejected": 1}
+    assert kept[:4] == cands and all(t["synthesis"]["teacher"]["augment"] == ["paraphrase"] for t in copies[:6])
+    assert copies[6]["synthesis"]["teacher"]["augment"] == ["paraphrase", "distractor_context"]
+    by_id = {c["id"]: c for c in cands}
+    for t in copies:
+        base = by_id[t["synthesis"]["teacher"]["augment_of"]]
+        assert t["id"].startswith(base["id"] + "a") and t["reference"] == base["reference"]
+        assert replay_reference(t).ok and schemas.problems("task", t) == []
+        assert all(u == "Hi there! " + b or (t["skill"] == "long_context" and u == f"{context} Hi there! {b}")
+                   for u, b in zip(t["user_turns"], base["user_turns"], strict=True))
+    assert len({t["id"] for t in kept}) == len(kept)
 
 
 # ------------------------------------------------------------------------------- a real transformers serve
