@@ -448,9 +448,9 @@ def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict
     torch.manual_seed(seed)
     state = read_state(policy)
     model = load_model(policy, accelerator.device)
-    check_token_ids(steps, model.get_input_embeddings().num_embeddings)
     if cfg.lora_r > 0:
         model = _apply_lora(model, cfg)
+    check_token_ids(steps, model.get_input_embeddings().num_embeddings)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     lr = cfg.learning_rate(policy)
