@@ -37,7 +37,8 @@ $(MCP_GIT):
 
 $(MCP_MEMORY):
 	@if command -v npm >/dev/null; then \
-		npm install --no-audit --no-fund --prefix $(VENV)/mcp-servers/memory @modelcontextprotocol/server-memory@2026.8.31; \
+		npm install --no-audit --no-fund --prefix $(VENV)/mcp-servers/memory @modelcontextprotocol/server-memory@2026.8.31 \
+			|| echo "npm install failed: the memory MCP server's test will be skipped"; \
 	else echo "npm not found: the memory MCP server's test will be skipped"; fi
 
 $(STAMP): pyproject.toml Makefile

@@ -117,3 +117,20 @@ def test_issue_cases_on_bfcl_are_data_and_the_records_validate(tiny_policy, tmp_
     for name in ("r.jsonl", "r.parquet"):
         records.write_records(tmp_path / name, [rec], "rollout")
         assert main(["validate", str(tmp_path / name)]) == 0
+
+
+def test_train_step_refuses_token_ids_outside_the_vocabulary(tmp_path, capsys):
+    """Records holding an id the model has no embedding for (from another model, or a
+    server that sent one): one line naming the rollout, exit 2, no checkpoint."""
+    from test_train import VOCAB, batch, tiny_llama
+
+    policy = tiny_llama(tmp_path / "p0")
+    capsys.readouterr()  # saving the test model prints its own progress
+    rows = batch(seed=4)
+    rows[5]["token_ids"][2] = VOCAB + 3
+    scored, out = tmp_path / "scored.jsonl", tmp_path / "p1"
+    records.write_records(scored, rows, "scored")
+    assert main(["train-step", "--policy", str(policy), "--scored", str(scored), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"token id {VOCAB + 3} is outside the model's vocabulary" in err, err
+    assert rows[5]["rollout_id"] in err and not out.exists()

@@ -9,6 +9,7 @@ replay failing `score` loudly, and the allow-list of task commands."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from rodscli.stages.tasks import replay_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_SERVER = ROOT / ".venv" / "mcp-servers" / "git" / "bin" / "mcp-server-git"
-needs_git = pytest.mark.skipif(not GIT_SERVER.exists(), reason=f"{GIT_SERVER} is not installed: run `make install`")
+needs_git = pytest.mark.skipif(not GIT_SERVER.exists() or not shutil.which("git"),
+                               reason=f"needs git and {GIT_SERVER} (run `make install`)")
 # commits with fixed names and dates, so that their hashes replay
 GIT_ENV = {k: "rods" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")} | {
     "GIT_AUTHOR_EMAIL": "rods@example.org", "GIT_COMMITTER_EMAIL": "rods@example.org",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import re
 import time
 import urllib.error
 import urllib.request
@@ -52,8 +51,6 @@ def completion_request(model: str, req: Request, sampling: Sampling, stop_ids: l
     }
 
 
-# a sampled token as vLLM returns it with return_tokens_as_token_ids: "token_id:" and ASCII digits
-_TOKEN_ID = re.compile(r"token_id:([0-9]{1,12})")
 # the most bytes one response may have: a reply of 100k tokens with their log-probs is a few MB
 MAX_RESPONSE_BYTES = 64 << 20
 
@@ -85,26 +82,32 @@ def parse_completion(body: Any, stop_ids: list[int], where: str, max_new_tokens:
         raise BackendError(f"{where}: the server returned {len(tokens)} tokens for a reply of at most "
                            f"{max_new_tokens} (max_tokens was ignored)")
     ids = []
-    for i, tok in enumerate(tokens):
-        found = _TOKEN_ID.fullmatch(tok) if isinstance(tok, str) else None
-        if found is None:
-            if isinstance(tok, str) and not tok.startswith(TOKEN_ID_PREFIX):
-                raise BackendError(f"{where}: the server returned tokens as text ({_excerpt(tok)}), not ids; rods "
-                                   "needs `return_tokens_as_token_ids` (vLLM's OpenAI server) to keep token-in token-out")
-            raise BackendError(f"{where}: token {i} is not a token id: {_excerpt(tok)}")
-        token_id = int(found.group(1))
-        if vocab_size is not None and token_id >= vocab_size:
-            raise BackendError(f"{where}: token {i} has id {token_id}, outside the tokenizer's vocabulary "
-                               f"of {vocab_size} (is the server running another model?)")
-        ids.append(token_id)
+    skip = len(TOKEN_ID_PREFIX)
+    for tok in tokens:
+        if type(tok) is str and tok.startswith(TOKEN_ID_PREFIX):
+            digits = tok[skip:]
+            if 0 < len(digits) <= 12 and digits.isascii() and digits.isdigit():  # not "²", not 5,000 digits
+                ids.append(int(digits))
+                continue
+        i = len(ids)
+        if isinstance(tok, str) and not tok.startswith(TOKEN_ID_PREFIX):
+            raise BackendError(f"{where}: the server returned tokens as text ({_excerpt(tok)}), not ids; rods "
+                               "needs `return_tokens_as_token_ids` (vLLM's OpenAI server) to keep token-in token-out")
+        raise BackendError(f"{where}: token {i} is not a token id: {_excerpt(tok)}")
+    if vocab_size is not None and ids and max(ids) >= vocab_size:
+        i = next(i for i, t in enumerate(ids) if t >= vocab_size)
+        raise BackendError(f"{where}: token {i} has id {ids[i]}, outside the tokenizer's vocabulary "
+                           f"of {vocab_size} (is the server running another model?)")
     values = []
-    for i, x in enumerate(logprobs):
-        if x is None:  # no log-prob for this token: scored as 0 (certain)
+    for x in logprobs:
+        if type(x) is float and -math.inf < x <= LOGPROB_SLACK:  # the common case: one comparison
+            values.append(x if x <= 0.0 else 0.0)
+        elif x is None:  # no log-prob for this token: scored as 0 (certain)
             values.append(0.0)
-            continue
-        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x > LOGPROB_SLACK:
-            raise BackendError(f"{where}: log-prob {i} is {_excerpt(x)}, not a finite number <= 0")
-        values.append(min(float(x), 0.0))
+        elif type(x) is int and x <= 0:
+            values.append(float(x))
+        else:
+            raise BackendError(f"{where}: log-prob {len(values)} is {_excerpt(x)}, not a finite number <= 0")
     finish = choice.get("finish_reason")
     stopped = finish == "stop" or bool(ids and ids[-1] in stop_ids)
     return Generation(ids, values, stopped)

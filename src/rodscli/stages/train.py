@@ -347,6 +347,16 @@ def _apply_lora(model, cfg: TrainOptions):
     return get_peft_model(model, config)
 
 
+def check_token_ids(steps: list[list[Sequence]], vocab: int) -> None:
+    """Every token id inside the model's embedding table (records from another model, or a
+    server that sent ids it should not, would otherwise fail deep in the forward pass)."""
+    for step in steps:
+        for s in step:
+            if s.token_ids and not 0 <= min(s.token_ids) <= max(s.token_ids) < vocab:
+                bad = next(t for t in s.token_ids if not 0 <= t < vocab)
+                raise InputError(f"token id {bad} is outside the model's vocabulary of {vocab}", where=s.key, field="token_ids")
+
+
 def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int, provenance_info: dict | None, validate: bool) -> dict:
     """Take the optimizer steps, write the checkpoint, return the metrics record."""
     accelerator = sharding.launch(cfg.shard, cfg.bf16)
@@ -376,6 +386,7 @@ def _train(accelerator, policy: Path, out: Path, steps: list[list[Sequence]], ba
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_r > 0:
         model = _apply_lora(model, cfg)
+    check_token_ids(steps, model.get_input_embeddings().num_embeddings)
     model.train()
     signature = None if cfg.lora_r > 0 else param_signature(model)  # names and full shapes, before any sharding
     lr = cfg.learning_rate(policy)
