@@ -13,8 +13,9 @@ import pytest
 
 from rodscli import records
 from rodscli.cli import main
+from rodscli.schemas import SKILLS
 from rodscli.stages import study
-from rodscli.stages.eval import SKILLS, EvalOptions, aggregate, task_record
+from rodscli.stages.eval import EvalOptions, aggregate, task_record
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 8  # two per skill

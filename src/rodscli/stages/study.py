@@ -26,7 +26,7 @@ import numpy as np
 
 from rodscli import records, stats
 from rodscli.errors import InputError
-from rodscli.stages.eval import SKILLS
+from rodscli.schemas import SKILLS
 from rodscli.stages.report import _fmt, _read, summarize_run
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
