@@ -515,6 +515,7 @@ def train_step(
     schedule: str | None = _train_opt("schedule", "--schedule"),
     warmup: float = _train_opt("warmup", "--warmup"),
     temperature: float = _train_opt("temperature", "--temperature"),
+    optimizer_state: str = _train_opt("optimizer_state", "--optimizer-state"),
     lora_r: int = _train_opt("lora_r", "--lora-r"),
     lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
     bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
@@ -529,6 +530,7 @@ def train_step(
         dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
         ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
+        optimizer_state=optimizer_state,
     )
     opts.check()
     try:

@@ -50,6 +50,7 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr-grpo")
 
 
 SCHEDULES = ("constant", "cosine")
+OPTIMIZER_STATES = ("auto", "restore", "fresh")
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float, floor: float = 0.1) -> float:
@@ -87,6 +88,7 @@ class TrainOptions:
     schedule: str | None = option(None, help="Learning-rate schedule over this run's optimizer steps: constant, or cosine (linear warm-up over --warmup of the steps, then cosine decay to 10% of --lr). Default: cosine for sft, constant for grpo (one update per loop iteration).")
     warmup: float = option(0.05, help="Fraction of the optimizer steps spent warming the learning rate up linearly (cosine schedule).")
     temperature: float = option(1.0, help="Sampling temperature of the rollouts: logits are divided by it so ratios compare like with like.")
+    optimizer_state: str = option("auto", help="The input checkpoint's AdamW moments: auto (go on with them when the same mode saved them, GRPO after GRPO or SFT after SFT; start a fresh optimizer when the mode changes, as for the first GRPO step after the SFT warm start), restore (whenever they fit the parameters) or fresh (never).")
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
@@ -101,7 +103,7 @@ class TrainOptions:
 
     def check(self) -> None:
         choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES,
-                   "sft_tokens": ("model", "all")}
+                   "sft_tokens": ("model", "all"), "optimizer_state": OPTIMIZER_STATES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed and not (name == "schedule" and self.schedule is None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -510,7 +512,14 @@ def _restore_optimizer(optimizer, model, policy: Path, state: dict, cfg: TrainOp
     import torch
 
     path = policy / OPTIMIZER_FILE
-    if cfg.lora_r > 0 or not path.exists():
+    if cfg.lora_r > 0 or not path.exists() or cfg.optimizer_state == "fresh":
+        return False
+    if cfg.optimizer_state == "auto" and state.get("mode", cfg.mode) != cfg.mode:
+        # SFT's moments would steer GRPO: m is SFT's last gradient direction (0.9^k of it left
+        # after k steps) and v, SFT's squared gradients, scales GRPO's steps for ~1/(1 - beta2)
+        # = 1,000 steps; measured on one batch, ~9x smaller steps, less aligned with GRPO's
+        # gradient (bench/grpo_step.py; docs/study.md, "GRPO headroom")
+        console.info(f"[yellow]not restoring {path}: saved by {state.get('mode')}, this is {cfg.mode} (a fresh optimizer)[/yellow]")
         return False
     if state.get("params") != _param_signature(model):
         console.info(f"[yellow]not restoring {path}: it belongs to other parameters[/yellow]")
