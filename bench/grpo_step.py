@@ -13,6 +13,8 @@ On one iteration's scored rollouts (`rods score` output) and the policy that mad
   half-batch cosine = cos(g_A, g_B), the policy gradients of two disjoint halves of the informative
            groups: near 0 when one batch's gradient is mostly noise (a step follows its sample)
   cos(step, -g) = how well the parameter change follows the batch's own gradient
+  transfer (--transfer) = a step on half of the informative groups only: dJ on the groups it
+           trained on, and on the other half, which it never saw (does a step help other tasks?)
 
 Settings: the optimizer state (`restore` the input checkpoint's AdamW moments, as the loop did
 after the SFT warm start, or `fresh`) x learning rates. Prints dJ of each setting and the ratio
@@ -65,13 +67,19 @@ def flat_weights(policy: Path) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--policy", required=True, type=Path)
-    ap.add_argument("--scored", required=True)
+    ap.add_argument("--policy", type=Path, help="the policy that made the rollouts (a loop run's setup/policy)")
+    ap.add_argument("--scored", help="its scored rollouts (the run's iter_000/scored.parquet)")
     ap.add_argument("--lr", nargs="+", type=float, default=[1e-5, 1e-4])
     ap.add_argument("--states", nargs="+", default=["restore", "fresh"])
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--adv-scale", default="group")
+    ap.add_argument("--transfer", type=float, default=None, metavar="LR",
+                    help="also take a fresh-optimizer step at LR on half of the groups and measure dJ on both halves")
     args = ap.parse_args()
+    if args.policy is None or args.scored is None:
+        # `make bench` runs every script with its defaults; this one needs a run's files
+        print("bench/grpo_step.py needs --policy and --scored (a loop run's setup/policy and iter_000/scored.parquet): skipped")
+        return
     torch.set_num_threads(1)
 
     scored = records.read_all(args.scored, "scored")
@@ -113,6 +121,16 @@ def main() -> None:
                 print(f"lr {lr:g} optimizer {state:7s} (restored: {m['extra']['optimizer_restored']!s:5s}): "
                       f"dJ {dj:+.3e}  agree {agree:.2f}  |dlp| {float(d.abs().mean()):.3e}  grad norm {m['grad_norm']:.3f}  "
                       f"ratio mean {m['ratio_mean']:.4f}  cos(step, -g) {step_cos:+.3f}")
+    if args.transfer is not None:
+        in_a = torch.tensor([s.key.rsplit("/", 1)[0] in half for s in seqs])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "half"
+            cfg = T.TrainOptions(lr=args.transfer, temperature=args.temperature, adv_scale=args.adv_scale, optimizer_state="fresh")
+            T.train_step(args.policy, [r for r in scored if r["rollout_id"].rsplit("/", 1)[0] in half], out, cfg, seed=0, validate=False)
+            d = torch.stack([a.mean() for a in sequence_logprobs(out, seqs, args.temperature)]) - lp0
+        seen, unseen = float((adv * d)[in_a].mean()), float((adv * d)[~in_a].mean())
+        print(f"transfer at lr {args.transfer:g}: a step on {len(half)} groups: dJ on them {seen:+.3e}, "
+              f"on the {len(groups) - len(half)} other groups {unseen:+.3e} (ratio {unseen / seen:+.2f})")
     for lr in args.lr:
         if ("fresh", lr) in results and ("restore", lr) in results and results[("restore", lr)] != 0:
             print(f"lr {lr:g}: dJ(fresh) / dJ(restore) = {results[('fresh', lr)] / results[('restore', lr)]:.2f}")
