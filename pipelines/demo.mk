@@ -56,8 +56,11 @@ RETIRE ?= on
 FLOOR ?= 0.05
 
 # GRPO. From the SFT_MORE policy 1e-4 undid the warm start (held-out progress 0.238 -> 0.137 in 8
-# iterations) where 1e-5 kept it (0.238 -> 0.221); from the short warm start 1e-4 keeps 0.083 -> 0.085
-LR ?= $(if $(filter on,$(SFT_MORE)),1e-5,1e-4)
+# iterations) where 1e-5 kept it (0.238 -> 0.221); from the short warm start 1e-4 keeps 0.083 -> 0.085.
+# Those runs' GRPO went on with SFT's AdamW state, which made its steps ~9x smaller than a fresh
+# optimizer's at the same rate (bench/grpo_step.py, docs/study.md); GRPO now starts a fresh one
+# (train-step --optimizer-state auto), so the rates are a tenth, for steps of the measured size
+LR ?= $(if $(filter on,$(SFT_MORE)),1e-6,1e-5)
 
 # held-out eval after every other iteration (and the last), greedy
 EVAL_EVERY ?= 2

@@ -26,11 +26,13 @@ STUDY_BATCH ?= 8
 STUDY_G ?= 4
 STUDY_EVAL_EVERY ?= 4
 # the starting policy: the demo's setup with the longer warm start (pipelines/demo.mk, SFT_MORE),
-# and GRPO's learning rate from it (1e-5 kept the warm start where 1e-4 undid it; README, "SFT")
+# and GRPO's learning rate from it, the demo's (pipelines/demo.mk: steps of the size that kept the
+# warm start)
 STUDY_START_SETTINGS ?= SFT_MORE=on
-STUDY_LR ?= 1e-5
-# more settings for every arm (e.g. TRAIN_ARGS='--adv-scale none')
-STUDY_SETTINGS ?=
+STUDY_LR ?= 1e-6
+# any other `make loop` setting given on the command line reaches every run (make passes
+# command-line variables on to sub-makes), e.g. make study TRAIN_ARGS='--adv-scale none';
+# the arm's own settings and the study's (ITER, BATCH, G, LR, ...) win over them
 # held-out: 96 tasks (2 domains x 4 skills x 12) of world seed 99, never trained on
 STUDY_HELDOUT_CMD ?= $(RODS) --quiet --seed 99 tasks builtin --per-skill 12 --out -
 
@@ -53,7 +55,7 @@ study_run = $(STUDY)/$(1)/seed$(2)
 study_args = $(ARM_$(1)) RUN=$(call study_run,$(1),$(2)) SEED=$(2) \
 	POLICY=$(abspath $(STUDY_START))/setup/policy SFT=off \
 	ITER=$(STUDY_ITER) BATCH=$(STUDY_BATCH) G=$(STUDY_G) EVAL_EVERY=$(STUDY_EVAL_EVERY) LR=$(STUDY_LR) \
-	'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)' $(STUDY_SETTINGS)
+	'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)'
 
 .PHONY: study study-start study-report
 # the runs are sub-makes of this one, which has made `install` already (-o install: not again)
@@ -66,12 +68,14 @@ ifneq ($(filter study study-%,$(MAKECMDGOALS)),)
 $(foreach a,$(ARMS),$(if $(ARM_$(a)),,$(error unknown arm '$(a)' in ARMS: the arms are $(patsubst ARM_%,%,$(filter ARM_%,$(.VARIABLES))))))
 endif
 
+# the time of each run: its start in a file, because only the $(MAKE) line runs under make -n
+# (a line naming $(MAKE) always runs), so a dry run records nothing
 define STUDY_RUN
 .PHONY: study-$(1)-$(2)
 study-$(1)-$(2): study-start | install
-	@mkdir -p $(STUDY) && start=$$$$SECONDS && \
-	$$(MAKE) --no-print-directory -o install loop $$(call study_args,$(1),$(2)) && \
-	printf '%s\t%s\t%d\n' $(1) $(2) $$$$(( SECONDS - start )) >> $(STUDY)/times.tsv
+	@mkdir -p $(STUDY) && date +%s > $(STUDY)/.started-$(1)-$(2)
+	$$(MAKE) --no-print-directory -o install loop $$(call study_args,$(1),$(2))
+	@printf '%s\t%s\t%d\n' $(1) $(2) $$$$(( $$$$(date +%s) - $$$$(cat $(STUDY)/.started-$(1)-$(2)) )) >> $(STUDY)/times.tsv
 endef
 $(foreach s,$(SEEDS),$(foreach a,$(ARMS),$(eval $(call STUDY_RUN,$(a),$(s)))))
 

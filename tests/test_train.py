@@ -453,3 +453,26 @@ def test_a_sharded_launch_is_refused_with_a_clear_error(policy, tmp_path, monkey
     with pytest.raises(OptionError, match="--multi_gpu.*--shard full"):
         T.train_step(policy, batch(seed=10), tmp_path / "out", T.TrainOptions(lr=1e-3), seed=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_optimizer_state_is_fresh_when_the_mode_changes(policy, tmp_path):
+    """auto: GRPO after the SFT warm start starts a fresh AdamW (SFT's moments are not GRPO's);
+    GRPO after GRPO, and SFT after SFT, go on with the saved moments; restore and fresh force it."""
+    scored = batch(seed=21)
+    rendered = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "task_id": r["rollout_id"]} for r in scored]
+    sft = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
+    assert sft["extra"]["optimizer_restored"] is False and (tmp_path / "sft" / T.OPTIMIZER_FILE).exists()
+    sft2 = T.sft(tmp_path / "sft", rendered, tmp_path / "sft2", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
+    assert sft2["extra"]["optimizer_restored"] is True
+    g1 = T.train_step(tmp_path / "sft", scored, tmp_path / "g1", T.TrainOptions(lr=1e-3), seed=0)
+    assert g1["extra"]["optimizer_restored"] is False
+    saved = torch.load(tmp_path / "g1" / T.OPTIMIZER_FILE, weights_only=True)
+    assert {int(v["step"]) for v in saved["state"].values()} == {1}  # AdamW's count starts again
+    assert T.train_step(tmp_path / "g1", scored, tmp_path / "g2", T.TrainOptions(lr=1e-3), seed=0)["extra"]["optimizer_restored"] is True
+    forced = T.train_step(tmp_path / "sft", scored, tmp_path / "g1r", T.TrainOptions(lr=1e-3, optimizer_state="restore"), seed=0)
+    assert forced["extra"]["optimizer_restored"] is True
+    assert not torch.equal(weights_of(tmp_path / "g1")["lm_head.weight"], weights_of(tmp_path / "g1r")["lm_head.weight"])
+    fresh = T.train_step(tmp_path / "g1", scored, tmp_path / "g2f", T.TrainOptions(lr=1e-3, optimizer_state="fresh"), seed=0)
+    assert fresh["extra"]["optimizer_restored"] is False
+    with pytest.raises(OptionError):
+        T.TrainOptions(optimizer_state="keep").check()

@@ -592,6 +592,7 @@ def train_step(
     schedule: str | None = _train_opt("schedule", "--schedule"),
     warmup: float = _train_opt("warmup", "--warmup"),
     temperature: float = _train_opt("temperature", "--temperature"),
+    optimizer_state: str = _train_opt("optimizer_state", "--optimizer-state"),
     lora_r: int = _train_opt("lora_r", "--lora-r"),
     lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
     bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
@@ -612,6 +613,7 @@ def train_step(
         sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
         shard=shard, activation_checkpointing=activation_checkpointing,
         chat_template=chat_template,
+        optimizer_state=optimizer_state,
     )
     opts.check()
     try:

@@ -53,6 +53,7 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr-grpo")
 
 
 SCHEDULES = ("constant", "cosine")
+OPTIMIZER_STATES = ("auto", "restore", "fresh")
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: float, floor: float = 0.1) -> float:
@@ -90,6 +91,7 @@ class TrainOptions:
     schedule: str | None = option(None, help="Learning-rate schedule over this run's optimizer steps: constant, or cosine (linear warm-up over --warmup of the steps, then cosine decay to 10% of --lr). Default: cosine for sft, constant for grpo (one update per loop iteration).")
     warmup: float = option(0.05, help="Fraction of the optimizer steps spent warming the learning rate up linearly (cosine schedule).")
     temperature: float = option(1.0, help="Sampling temperature of the rollouts: logits are divided by it so ratios compare like with like.")
+    optimizer_state: str = option("auto", help="The input checkpoint's AdamW moments: auto (go on with them when the same mode saved them, GRPO after GRPO or SFT after SFT; start a fresh optimizer when the mode changes, as for the first GRPO step after the SFT warm start), restore (whenever they fit the parameters) or fresh (never).")
     lora_r: int = option(0, help="Train a LoRA adapter of this rank (peft) instead of all weights; merged into the saved weights (0 = full fine-tuning).")
     lora_alpha: int = option(0, help="LoRA alpha (0 = 2 x rank).")
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
@@ -107,7 +109,7 @@ class TrainOptions:
 
     def check(self) -> None:
         choices = {"mode": ("grpo", "sft"), "adv_scale": ADV_SCALES, "loss_agg": LOSS_AGGS, "schedule": SCHEDULES,
-                   "sft_tokens": ("model", "all"), "shard": sharding.SHARD_MODES}
+                   "sft_tokens": ("model", "all"), "shard": sharding.SHARD_MODES, "optimizer_state": OPTIMIZER_STATES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed and not (name == "schedule" and self.schedule is None):
                 raise OptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -396,7 +398,7 @@ def _train(accelerator, policy: Path, out: Path, steps: list[list[Sequence]], ba
     params = [p for p in model.parameters() if p.requires_grad]
     adamw = {"lr": lr, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
     optimizer = torch.optim.AdamW(params, **adamw)
-    restored = restore_optimizer(optimizer, model, policy, state, signature, adamw)
+    restored = _may_restore(policy, state, cfg) and restore_optimizer(optimizer, model, policy, state, signature, adamw)
     if not sharded:
         module = accelerator.prepare_model(module)
     ref_module = None
@@ -472,6 +474,22 @@ def _plain_model(policy: Path, full_state: dict, cfg: TrainOptions):
 
 def _mean(rows: list[dict], key: str) -> float | None:
     return sum(r[key] for r in rows) / len(rows) if rows else None
+
+
+def _may_restore(policy: Path, state: dict, cfg: TrainOptions) -> bool:
+    """Whether this step may go on with the input checkpoint's AdamW moments (--optimizer-state)."""
+    if cfg.optimizer_state == "fresh":
+        return False
+    if cfg.optimizer_state == "auto" and state.get("mode", cfg.mode) != cfg.mode:
+        # SFT's moments would steer GRPO: m is SFT's last gradient direction (0.9^k of it left
+        # after k steps) and v, SFT's squared gradients, scales GRPO's steps for ~1/(1 - beta2)
+        # = 1,000 steps; measured on one batch, ~9x smaller steps, less aligned with GRPO's
+        # gradient (bench/grpo_step.py; docs/study.md, "GRPO headroom")
+        if (policy / OPTIMIZER_FILE).exists() or (policy / OPTIMIZER_DIR).is_dir():
+            console.info(f"[yellow]not restoring the optimizer state of {policy}: saved by {state.get('mode')}, "
+                         f"this is {cfg.mode} (a fresh optimizer)[/yellow]")
+        return False
+    return True
 
 
 def train_step(policy: str | Path, scored: list[dict], out: str | Path, cfg: TrainOptions, seed: int = 0,
