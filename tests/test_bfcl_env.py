@@ -16,6 +16,7 @@ from rodscli.envs.base import (
     TOOL_ERROR,
     UNKNOWN_TOOL,
     check_arguments,
+    numbers_by_value,
     offered_tools,
     open_episode,
     replay_reference,
@@ -341,3 +342,6 @@ def test_numbers_compare_by_value_in_state_hashes(tasks):
     assert hashes[0] == hashes[1]
     assert state_hash({"a": 6500, "b": [1, True], 2: "x"}) == state_hash({"a": 6500.0, "b": [1.0, 1], 2.0: "x"})
     assert state_hash({"a": 6500.5}) != state_hash({"a": 6500})
+    assert numbers_by_value({(1, 2.0): "x", 3.0: [True]}) == {(1, 2.0): "x", 3: [1]}  # a tuple key stays hashable
+    assert bfcl._state({1.0: "a"}) == bfcl._state({True: "a"}) == bfcl._state({1: "a"}) == {"1": "a"}
+    assert bfcl._state({(1, 2): "c"}) == {"(1, 2)": "c"}

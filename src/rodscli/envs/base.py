@@ -108,7 +108,7 @@ def numbers_by_value(value: Any) -> Any:
         for k, v in value.items():
             kind = type(v)
             v2 = v if kind is str or kind is int or v is None else numbers_by_value(v)
-            k2 = k if type(k) is str else numbers_by_value(k)
+            k2 = numbers_by_value(k) if type(k) is float or type(k) is bool else k  # (a tuple key stays a tuple)
             if out is None:
                 if v2 is v and k2 is k:
                     continue

@@ -402,7 +402,9 @@ def _state(value: Any) -> Any:
 
 def _key(key: Any) -> str:
     """A dict key as text; keys equal under `==` (1, 1.0, True) give the same text."""
-    return key if type(key) is str else str(numbers_by_value(key))
+    if type(key) is str:
+        return key
+    return str(numbers_by_value(key) if type(key) is float or type(key) is bool else key)
 
 
 class BFCLEpisode(ClassEpisode):
