@@ -87,10 +87,11 @@ def main() -> None:
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
     train_seeds = train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
     seeds = (builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []) + train_seeds
+    known = builtin + train  # the API graph's literals and the near-duplicate index, as in the loop
     opts = SynthesizeOptions(per_seed=args.per_seed)
 
     start = time.process_time()
-    plain, _ = synthesize(seeds, seeds, opts)
+    plain, _ = synthesize(seeds, known, opts)
     plain_cpu = time.process_time() - start
     records.write_records(out / "template.jsonl", plain, "task")
 
@@ -100,7 +101,7 @@ def main() -> None:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
                                  concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents)
         server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
-        taught, stats = synthesize(seeds, seeds, opts, teacher=teacher)
+        taught, stats = synthesize(seeds, known, opts, teacher=teacher)
         client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
         wall = time.monotonic() - wall
     finally:
