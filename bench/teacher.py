@@ -10,7 +10,9 @@ and all three agents. Printed and written to --out/summary.json:
   programmatic gate (the rest keep the template's turn); the share of candidates the
   critique accepted, and the augmented copies that passed their gates and replay;
 - distinct-bigram diversity (distinct-2: distinct word bigrams / all word bigrams) of the
-  user turns written, template vs teacher;
+  user turns written, template vs teacher: over everything each wrote, and over the same
+  turns (the candidates the critique kept, before and after Rewrite; distinct-2 falls as
+  the amount of text grows, so this is the like-for-like number);
 - candidates per CPU second: candidates written / CPU seconds (this process, plus the
   server's user+system time for the teacher run), and the ratio to the template's.
 
@@ -44,6 +46,15 @@ def distinct_2(turns: list[str]) -> float:
         words = re.findall(r"[a-z0-9']+", t.lower())
         grams += zip(words, words[1:], strict=False)
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def same_turns(plain: list[dict], taught: list[dict]) -> dict:
+    """Distinct-2 of the template's and the teacher's user turns of the same candidates."""
+    before = {t["id"]: t for t in plain}
+    kept = [t for t in taught if "augment_of" not in t["synthesis"].get("teacher", {})]
+    return {"turns": sum(len(t["user_turns"]) for t in kept),
+            "template": round(distinct_2([u for t in kept for u in before[t["id"]]["user_turns"]]), 4),
+            "teacher": round(distinct_2([u for t in kept for u in t["user_turns"]]), 4)}
 
 
 def server_cpu(pid: int) -> float:
@@ -125,6 +136,9 @@ def main() -> None:
             "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
             "candidates": len(taught), "requests": t["requests"],
             "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
+            # the same turns (the candidates the critique kept, before and after Rewrite):
+            # distinct-2 falls as text grows, so only equal amounts of text compare
+            "distinct_2_same_turns": same_turns(plain, taught),
             "distinct_2_rewritten_only": round(distinct_2(
                 [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
                  for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
