@@ -16,7 +16,10 @@ and all three agents. Printed and written to --out/summary.json:
 - candidates per CPU second: candidates written / CPU seconds (this process, plus the
   server's user+system time for the teacher run), and the ratio to the template's.
 
-    .venv/bin/python bench/teacher.py --teacher-checkpoint CKPT [--builtin 50 --bfcl 50 --per-seed 4]
+    .venv/bin/python bench/teacher.py [--teacher-checkpoint CKPT --builtin 50 --bfcl 50 --per-seed 4]
+
+Without --teacher-checkpoint (as `make bench` runs it) the teacher is the tiny policy on
+4 + 4 seeds x 1: a quick check that the machinery runs, not a measurement of a teacher.
 """
 
 from __future__ import annotations
@@ -81,10 +84,11 @@ def serve(checkpoint: str, port: int, log: Path) -> subprocess.Popen:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher-checkpoint", required=True, help="A local checkpoint for `transformers serve`.")
-    ap.add_argument("--builtin", type=int, default=50)
-    ap.add_argument("--bfcl", type=int, default=50)
-    ap.add_argument("--per-seed", type=int, default=4)
+    ap.add_argument("--teacher-checkpoint", help="A local checkpoint for `transformers serve` "
+                    "(default: the tiny policy, made here: a quick run of the machinery, `make bench`)")
+    ap.add_argument("--builtin", type=int, default=4)
+    ap.add_argument("--bfcl", type=int, default=4)
+    ap.add_argument("--per-seed", type=int, default=1)
     ap.add_argument("--port", type=int, default=18431)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=2)
@@ -93,6 +97,12 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.teacher_checkpoint is None:
+        from rodscli.policy.tiny import init_policy
+
+        args.teacher_checkpoint = str(out / "tiny")
+        init_policy(args.teacher_checkpoint)
+        args.max_tokens = min(args.max_tokens, 16)
 
     builtin = seed_tasks(per_skill=60)
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
