@@ -153,11 +153,11 @@ def main() -> None:
                 [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
                  for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
             "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
-            "candidates_per_cpu_s": round(len(taught) / (client_cpu + server_used), 4),
+            "candidates_per_cpu_s": float(f"{len(taught) / (client_cpu + server_used):.3g}"),
         },
     }
-    summary["ratio_candidates_per_cpu_s"] = round(summary["teacher_run"]["candidates_per_cpu_s"] /
-                                                  summary["template"]["candidates_per_cpu_s"], 5)
+    ratio = summary["teacher_run"]["candidates_per_cpu_s"] / summary["template"]["candidates_per_cpu_s"]
+    summary["ratio_candidates_per_cpu_s"] = float(f"{ratio:.3g}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
