@@ -10,11 +10,16 @@ and all three agents. Printed and written to --out/summary.json:
   programmatic gate (the rest keep the template's turn); the share of candidates the
   critique accepted, and the augmented copies that passed their gates and replay;
 - distinct-bigram diversity (distinct-2: distinct word bigrams / all word bigrams) of the
-  user turns written, template vs teacher;
+  user turns written, template vs teacher: over everything each wrote, and over the same
+  turns (the candidates the critique kept, before and after Rewrite; distinct-2 falls as
+  the amount of text grows, so this is the like-for-like number);
 - candidates per CPU second: candidates written / CPU seconds (this process, plus the
   server's user+system time for the teacher run), and the ratio to the template's.
 
-    .venv/bin/python bench/teacher.py --teacher-checkpoint CKPT [--builtin 50 --bfcl 50 --per-seed 4]
+    .venv/bin/python bench/teacher.py [--teacher-checkpoint CKPT --builtin 50 --bfcl 50 --per-seed 4]
+
+Without --teacher-checkpoint (as `make bench` runs it) the teacher is the tiny policy on
+4 + 4 seeds x 1: a quick check that the machinery runs, not a measurement of a teacher.
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ def distinct_2(turns: list[str]) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def same_turns(plain: list[dict], taught: list[dict]) -> dict:
+    """Distinct-2 of the template's and the teacher's user turns of the same candidates."""
+    before = {t["id"]: t for t in plain}
+    kept = [t for t in taught if "augment_of" not in t["synthesis"].get("teacher", {})]
+    return {"turns": sum(len(t["user_turns"]) for t in kept),
+            "template": round(distinct_2([u for t in kept for u in before[t["id"]]["user_turns"]]), 4),
+            "teacher": round(distinct_2([u for t in kept for u in t["user_turns"]]), 4)}
+
+
 def server_cpu(pid: int) -> float:
     """User + system CPU seconds of a process and its waited-for children (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -70,10 +84,11 @@ def serve(checkpoint: str, port: int, log: Path) -> subprocess.Popen:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher-checkpoint", required=True, help="A local checkpoint for `transformers serve`.")
-    ap.add_argument("--builtin", type=int, default=50)
-    ap.add_argument("--bfcl", type=int, default=50)
-    ap.add_argument("--per-seed", type=int, default=4)
+    ap.add_argument("--teacher-checkpoint", help="A local checkpoint for `transformers serve` "
+                    "(default: the tiny policy, made here: a quick run of the machinery, `make bench`)")
+    ap.add_argument("--builtin", type=int, default=4)
+    ap.add_argument("--bfcl", type=int, default=4)
+    ap.add_argument("--per-seed", type=int, default=1)
     ap.add_argument("--port", type=int, default=18431)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=2)
@@ -82,15 +97,22 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.teacher_checkpoint is None:
+        from rodscli.policy.tiny import init_policy
+
+        args.teacher_checkpoint = str(out / "tiny")
+        init_policy(args.teacher_checkpoint)
+        args.max_tokens = min(args.max_tokens, 16)
 
     builtin = seed_tasks(per_skill=60)
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
     train_seeds = train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
     seeds = (builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []) + train_seeds
+    known = builtin + train  # the API graph's literals and the near-duplicate index, as in the loop
     opts = SynthesizeOptions(per_seed=args.per_seed)
 
     start = time.process_time()
-    plain, _ = synthesize(seeds, seeds, opts)
+    plain, _ = synthesize(seeds, known, opts)
     plain_cpu = time.process_time() - start
     records.write_records(out / "template.jsonl", plain, "task")
 
@@ -100,7 +122,7 @@ def main() -> None:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
                                  concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents)
         server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
-        taught, stats = synthesize(seeds, seeds, opts, teacher=teacher)
+        taught, stats = synthesize(seeds, known, opts, teacher=teacher)
         client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
         wall = time.monotonic() - wall
     finally:
@@ -124,15 +146,18 @@ def main() -> None:
             "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
             "candidates": len(taught), "requests": t["requests"],
             "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
+            # the same turns (the candidates the critique kept, before and after Rewrite):
+            # distinct-2 falls as text grows, so only equal amounts of text compare
+            "distinct_2_same_turns": same_turns(plain, taught),
             "distinct_2_rewritten_only": round(distinct_2(
                 [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
                  for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
             "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
-            "candidates_per_cpu_s": round(len(taught) / (client_cpu + server_used), 4),
+            "candidates_per_cpu_s": float(f"{len(taught) / (client_cpu + server_used):.3g}"),
         },
     }
-    summary["ratio_candidates_per_cpu_s"] = round(summary["teacher_run"]["candidates_per_cpu_s"] /
-                                                  summary["template"]["candidates_per_cpu_s"], 5)
+    ratio = summary["teacher_run"]["candidates_per_cpu_s"] / summary["template"]["candidates_per_cpu_s"]
+    summary["ratio_candidates_per_cpu_s"] = float(f"{ratio:.3g}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

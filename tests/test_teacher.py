@@ -194,6 +194,15 @@ def test_answer_text_and_the_turn_gate():
     assert gate_turn("Could you look up the customer named 'Ada Moreno' and get their full record?", template, values)
     assert not gate_turn("Could you look up the customer 'Ada Moreno'?\nThen their record.", template, values)
     assert not gate_turn("Get the full record of customer 'C-0001' named 'Ada Moreno'.", template, values)
+    # what SmolLM2-135M answered and the llm writer's critic let through
+    short = "Sorry, the quantity is 20."
+    assert gate_turn("Oh, sorry: the quantity is 20.", short, {"20"})
+    assert not gate_turn("I'm sorry for the error, but I'm here to assist you. Please go ahead.", short, {"20"})
+    assert not gate_turn("Sorry, the quantity is 25.", short, {"20"})  # a number the template does not name
+    assert not gate_turn("The request is to find a customer by full name with name 'Ada Moreno' and get the full record.",
+                         template, values)
+    assert not gate_turn("The requested request is: find customer 'Ada Moreno' and get their full record.", template, values)
+    assert not gate_turn("Find the customer named 'Ada Moreno' in 'Riverton' and get their full record.", template, values)
 
 
 def test_distractor_context_names_nothing_of_the_task():

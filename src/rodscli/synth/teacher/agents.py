@@ -79,9 +79,26 @@ def answer_text(text: str) -> str:
     return text
 
 
+# the teacher answering as the assistant, or talking about the request instead of making it
+NOT_A_REQUEST = re.compile(r"\b(?:I'll|I will|I'm here|I am here|I can|assist you|help you|your response|"
+                           r"(?:the|this|your|my) (?:request|task)\b|request(?:ed)? (?:is|request)\b|"
+                           r"here is|here's|^you can\b)", re.I)
+NUMBER = re.compile(r"\d+(?:[.,:-]\d+)*")
+QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
+
+
 def gate_turn(text: str, template: str, values: set[str]) -> bool:
-    """Whether `text` may stand for the template's turn (the programmatic check: see `critique`)."""
-    return bool(text) and "\n" not in text and critique(text, template, values)
+    """Whether `text` may stand for the template's turn: the llm writer's critic (`critique`:
+    prose of sensible length, about the same things, every value the template names of 3+
+    characters and none it kept back), and, stricter for a teacher's free text: a user's
+    request, not the assistant's answer or talk about "the request"; every number the
+    template names (of any length) and no number or quoted value the template does not name."""
+    if not text or "\n" in text or NOT_A_REQUEST.search(text) or not critique(text, template, values):
+        return False
+    numbers = set(NUMBER.findall(text))
+    if numbers != set(NUMBER.findall(template)):
+        return False
+    return all((a or b) in template for a, b in QUOTED.findall(text))
 
 
 def _named(template: str, values: set[str]) -> str:
