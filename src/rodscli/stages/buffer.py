@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from rodscli import schemas
 from rodscli.config import option
-from rodscli.errors import InputError
+from rodscli.errors import InputError, OptionError
 
 BUFFER_FIELDS = ("status", "added_iter", "trainable_from", "retired_iter", "retire_reason", "n_rollouts",
                  "ema_mean", "last_phi", "last_iter", "history", "log")
@@ -51,6 +51,10 @@ class MergeOptions:
     batch_size: int = option(0, help="Tasks in the next batch (0: every trainable active task).")
     floor: float = option(0.05, help="Smallest sampling weight, so that every active task is eventually rolled out.")
     seed: int = option(0, help="Seed of the batch sampling.")
+
+    def check(self) -> None:
+        if not 0 <= self.beta <= 1 or self.p_max < 0 or self.batch_size < 0 or self.floor <= 0:
+            raise OptionError("need 0 <= --beta <= 1, --p-max >= 0, --batch-size >= 0, --floor > 0", field="--beta")
 
 
 def entry_from_task(task: dict, iteration: int, *, status: str, trainable_from: int, action: str, reason: str) -> dict:
