@@ -138,7 +138,7 @@ def test_each_options_class_checks_its_own_values():
     from rodscli.stages.report import ReportOptions
     from rodscli.stages.score import ScoreConfig
 
-    bad = [MergeOptions(beta=1.5), MergeOptions(floor=0), ReportOptions(study=True, n_boot=10),
+    bad = [MergeOptions(inject_frac=1.5), MergeOptions(floor=0), ReportOptions(study=True, n_boot=10),
            ScoreConfig(reward="nope"), ScoreConfig(weights="coverage=x"), DetectConfig(alpha_low=0.9, alpha_high=0.1)]
     for opts in bad:
         with pytest.raises(OptionError):
@@ -150,7 +150,8 @@ def test_each_options_class_checks_its_own_values():
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["merge-buffer", "--beta", "1.5"], "--beta"),
+    (["merge-buffer", "--inject-frac", "1.5"], "--inject-frac"),
+    (["merge-buffer", "--beta", "1.5"], "--inject-frac"),  # the old name, hidden from --help
     (["score", "--rollouts", "r.jsonl", "--tasks", "t.jsonl", "--weights", "coverage=x"], "--weights"),
     (["eval", "--policy", "p", "--tasks", "t.jsonl", "--k", "2"], "--no-greedy"),
     (["eval", "--policy", "p", "--tasks", "t.jsonl", "--no-greedy", "--top-p", "0"], "--top-p"),
@@ -164,3 +165,24 @@ def test_a_bad_option_stops_the_command_before_any_work(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert flag in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # the input files do not exist: the check came first
+
+
+def test_an_old_flag_name_still_works_but_is_hidden():
+    seen: list = []
+    app = typer.Typer()
+
+    @app.command()
+    @cli_options(_Opts, aliases={"group_size": ("--size",)})
+    def go(opts: _Opts | None = None) -> None:
+        seen.append(opts)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["go", "--help"])
+    assert "--group-size" in result.output and "--size" not in result.output
+    for argv, size in ((["go", "--size", "7"], 7), (["go", "--group-size", "5"], 5), (["go"], 4)):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        assert seen[-1].group_size == size

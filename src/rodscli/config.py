@@ -44,7 +44,8 @@ def field_default(cls: type, name: str) -> Any:
 
 def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = (),
                 into: str = "opts", prefix: str = "",
-                callbacks: dict[str, Callable[[Any], Any]] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                callbacks: dict[str, Callable[[Any], Any]] | None = None,
+                aliases: dict[str, tuple[str, ...]] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a typer command one option per field of the options dataclass `cls`.
 
     Each option is `--field-name` (or the names in `flags`; booleans get `--x/--no-x`), with the
@@ -52,15 +53,17 @@ def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, s
     parameter `into` instead of the separate values, so an option is declared once, in the
     dataclass, and checked once, in its `check()`. Fields in `skip` are left to the command.
     `prefix` goes before every generated flag (`prefix="teacher-"`: `--teacher-url`) except
-    those in `flags`; `callbacks` are typer callbacks of some fields (e.g. an output-path check).
+    those in `flags`; `callbacks` are typer callbacks of some fields (e.g. an output-path check);
+    `aliases` are old flag names of a field, still accepted but hidden from `--help`.
     Decorators stack: two options classes, each with its own `into`, give one command both.
     """
     flags = flags or {}
     callbacks = callbacks or {}
+    aliases = aliases or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in skip]
     param_of = {f.name: prefix.replace("-", "_") + f.name for f in fields}
-    unknown = (set(flags) | set(callbacks) | set(skip)) - {f.name for f in dataclasses.fields(cls)}
+    unknown = (set(flags) | set(callbacks) | set(aliases) | set(skip)) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
 
@@ -84,10 +87,18 @@ def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, s
             params.append(inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                 default=typer.Option(default, *names, help=f.metadata.get("help", ""), callback=callbacks.get(f.name))))
+            if f.name in aliases:
+                params.append(inspect.Parameter(
+                    name + "_alias", inspect.Parameter.KEYWORD_ONLY, annotation=annotation | None,
+                    default=typer.Option(None, *aliases[f.name], hidden=True, help=f"Old name of {names[0]}.")))
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             values = {f.name: kwargs.pop(param_of[f.name]) for f in fields}
+            for f in fields:
+                old = kwargs.pop(param_of[f.name] + "_alias") if f.name in aliases else None
+                if old is not None:  # given under its old name
+                    values[f.name] = old
             for f in fields:
                 if "join" in f.metadata:
                     values[f.name] = f.metadata["join"].join(values[f.name])

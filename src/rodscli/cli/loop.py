@@ -116,7 +116,7 @@ def synthesize(
 
 
 @app.command("merge-buffer")
-@cli_options(buffer_stage.MergeOptions, skip=("seed",))
+@cli_options(buffer_stage.MergeOptions, skip=("seed",), aliases={"inject_frac": ("--beta",)})
 def merge_buffer(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="The new buffer (.jsonl or .parquet): the whole pool state."),
     next_batch: str = typer.Option(..., "--next-batch", callback=out_file, help="Tasks to roll out at iteration n + 1 (.jsonl, .parquet, or - for stdout)."),
@@ -128,7 +128,7 @@ def merge_buffer(
 ) -> None:
     """Merge groups and candidates into the replay buffer; write the next batch.
 
-    Staged injection (beta), retirement of synthetic tasks (mastered, unsolvable, stale),
+    Staged injection (--inject-frac), retirement of synthetic tasks (mastered, unsolvable, stale),
     the p_max cap by phi, every decision logged in the entry. The batch is sampled with
     the global --seed and the iteration.
     """
