@@ -187,7 +187,7 @@ def test_unseen_tasks_weigh_their_expected_phi():
     buf = init_buffer([task(f"s{i:03d}") for i in range(200)])
     groups = [group(f"s{i:03d}", 0.0, 0, informative=False) for i in range(20)] + [group("s020", 0.5, 0)]
     kids = [task(f"c{i}", origin="synthetic", parent="s020", created=0) for i in range(4)]
-    buf, _, _ = merge_buffer(buf, groups, kids, MergeOptions(iteration=0, batch_size=10, seed=0, beta=1.0))
+    buf, _, _ = merge_buffer(buf, groups, kids, MergeOptions(iteration=0, batch_size=10, seed=0, inject_frac=1.0))
     hits = 0
     for s in range(40):
         batch = merge_buffer(buf, [], [], MergeOptions(iteration=1, batch_size=10, seed=s))[1]
@@ -208,7 +208,7 @@ def test_beta_zero_never_injects_the_no_inject_ablation():
     for it in range(4):
         cands = [task(f"c{it}-{i}", "synthetic", "s0", created=it) for i in range(3)]
         groups = [group(f"s{i}", 0.5, it) for i in range(10)]
-        buf, batch, summary = merge_buffer(buf, groups, cands, MergeOptions(iteration=it, beta=0.0, batch_size=4, seed=it))
+        buf, batch, summary = merge_buffer(buf, groups, cands, MergeOptions(iteration=it, inject_frac=0.0, batch_size=4, seed=it))
         valid(buf)
         assert summary["candidates_added"] == 3 and summary.get("activated", 0) == 0
         assert all(t["origin"] == "seed" for t in batch) and len(batch) == 4

@@ -67,3 +67,122 @@ def test_an_option_declared_twice_is_refused():
         @cli_options(_Opts)
         def go(group_size: int = 1, opts: _Opts | None = None) -> None:
             pass
+
+
+@dataclasses.dataclass
+class _Other:
+    url: str | None = option(None, help="Server URL.")
+    paraphrases: int = option(1, help="Copies.")
+    servers: str = option("http://a", join=",", help="Servers, repeated or comma-separated.")
+
+    def check(self) -> None:
+        if self.paraphrases < 0:
+            raise OptionError("must be >= 0", field="--paraphrases")
+
+
+def _stacked_app(seen: list) -> typer.Typer:
+    app = typer.Typer()
+
+    def shout(value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @app.command()
+    @cli_options(_Other, prefix="teacher-", flags={"paraphrases": ("--paraphrases",)}, into="other",
+                 callbacks={"url": shout})
+    @cli_options(_Opts, skip=("name",))
+    def go(out: str = typer.Option("o", "--out"), opts: _Opts | None = None, other: _Other | None = None) -> None:
+        seen.append((out, opts, other))
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    return app
+
+
+def test_two_options_classes_stack_on_one_command():
+    seen: list = []
+    result = CliRunner().invoke(_stacked_app(seen), ["go", "--help"])
+    assert result.exit_code == 0
+    for text in ("--teacher-url", "--paraphrases", "--teacher-servers", "--group-size", "--greedy"):
+        assert text in result.output
+    assert "--name" not in result.output and "--teacher-paraphrases" not in result.output
+    argv = ["go", "--group-size", "2", "--teacher-url", "http://t", "--paraphrases", "3",
+            "--teacher-servers", "http://b", "--teacher-servers", "http://c,http://d"]
+    result = CliRunner().invoke(_stacked_app(seen), argv)
+    assert result.exit_code == 0, result.output
+    # the callback ran on --teacher-url; repeated values of a `join` field are joined into one string
+    assert seen[-1] == ("o", _Opts(group_size=2), _Other(url="HTTP://T", paraphrases=3, servers="http://b,http://c,http://d"))
+    result = CliRunner().invoke(_stacked_app(seen), ["go"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == ("o", _Opts(), _Other())
+    result = CliRunner().invoke(_stacked_app(seen), ["go", "--paraphrases", "-1"])
+    assert isinstance(result.exception, OptionError)  # the outer class's check() ran too
+    assert len(seen) == 2
+
+
+def test_names_of_fields_that_do_not_exist_are_refused():
+    with pytest.raises(TypeError, match="no field"):
+        cli_options(_Opts, skip=("nope",))
+    with pytest.raises(TypeError, match="declared twice"):
+        @cli_options(_Opts, into="again")
+        @cli_options(_Opts)
+        def go(opts: _Opts | None = None, again: _Opts | None = None) -> None:
+            pass
+
+
+def test_each_options_class_checks_its_own_values():
+    from rodscli.envs.bfcl import BFCLTasksOptions
+    from rodscli.stages.buffer import MergeOptions
+    from rodscli.stages.detect import DetectConfig
+    from rodscli.stages.report import ReportOptions
+    from rodscli.stages.score import ScoreConfig
+
+    bad = [MergeOptions(inject_frac=1.5), MergeOptions(floor=0), ReportOptions(study=True, n_boot=10),
+           ScoreConfig(reward="nope"), ScoreConfig(weights="coverage=x"), DetectConfig(alpha_low=0.9, alpha_high=0.1)]
+    for opts in bad:
+        with pytest.raises(OptionError):
+            opts.check()
+    for opts in (MergeOptions(), ReportOptions(n_boot=10), ScoreConfig(), DetectConfig()):
+        opts.check()  # the defaults are good; --n-boot only matters with --study
+    # `--categories base,long_context --categories miss_func`: both forms, one list
+    assert BFCLTasksOptions(categories=["base,long_context", " miss_func"]).categories == ["base", "long_context", "miss_func"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["merge-buffer", "--inject-frac", "1.5"], "--inject-frac"),
+    (["merge-buffer", "--beta", "1.5"], "--inject-frac"),  # the old name, hidden from --help
+    (["score", "--rollouts", "r.jsonl", "--tasks", "t.jsonl", "--weights", "coverage=x"], "--weights"),
+    (["eval", "--policy", "p", "--tasks", "t.jsonl", "--k", "2"], "--no-greedy"),
+    (["eval", "--policy", "p", "--tasks", "t.jsonl", "--no-greedy", "--top-p", "0"], "--top-p"),
+])
+def test_a_bad_option_stops_the_command_before_any_work(tmp_path, monkeypatch, capsys, argv, flag):
+    from rodscli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", "o.jsonl"] + (["--init-from", "missing.jsonl", "--next-batch", "n.jsonl"] if argv[0] == "merge-buffer" else [])
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # the input files do not exist: the check came first
+
+
+def test_an_old_flag_name_still_works_but_is_hidden():
+    seen: list = []
+    app = typer.Typer()
+
+    @app.command()
+    @cli_options(_Opts, aliases={"group_size": ("--size",)})
+    def go(opts: _Opts | None = None) -> None:
+        seen.append(opts)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["go", "--help"])
+    assert "--group-size" in result.output and "--size" not in result.output
+    for argv, size in ((["go", "--size", "7"], 7), (["go", "--group-size", "5"], 5), (["go"], 4)):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        assert seen[-1].group_size == size

@@ -16,6 +16,7 @@ STAGES = {
     "convert": lambda out: ["convert", "missing.jsonl", out],
     "tasks builtin": lambda out: ["tasks", "builtin", "--out", out],
     "tasks bfcl": lambda out: ["tasks", "bfcl", "--out", out],
+    "tasks tau2": lambda out: ["tasks", "tau2", "--out", out],
     "rollout": lambda out: ["rollout", "--out", out, "--policy", "missing", "--tasks", "missing.jsonl"],
     "score": lambda out: ["score", "--out", out, "--rollouts", "missing.jsonl", "--tasks", "missing.jsonl"],
     "detect": lambda out: ["detect", "--out", out, "--scored", "missing.jsonl"],

@@ -160,7 +160,7 @@ ABLATIONS = {
     "random": {"detect": ["--select phi -> --select random"]},
     "binary": {"score": ["--reward progress -> --reward outcome"]},
     "no-retire": {"merge-buffer": RETIRE_OFF},
-    "no-inject": {"merge-buffer": ["--beta 0.2 -> --beta 0"]},
+    "no-inject": {"merge-buffer": ["--inject-frac 0.2 -> --inject-frac 0"]},
 }
 
 

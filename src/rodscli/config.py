@@ -10,12 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:  # noqa: A002
-    """A dataclass field that carries its `--help` text."""
+def option(default: Any = dataclasses.MISSING, help: str = "", join: str | None = None, **kw: Any) -> Any:  # noqa: A002
+    """A dataclass field that carries its `--help` text.
+
+    `join`: the field is a string, but its command-line option may be repeated; the values
+    are joined with this separator (e.g. several `--base-url` into one comma-separated list).
+    """
+    metadata = {"help": help} if join is None else {"help": help, "join": join}
     if isinstance(default, list | dict | set):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kw)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
 def field_help(cls: type, name: str) -> str:
@@ -38,17 +43,29 @@ def field_default(cls: type, name: str) -> Any:
 
 
 def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = (),
-                into: str = "opts") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                into: str = "opts", prefix: str = "",
+                callbacks: dict[str, Callable[[Any], Any]] | None = None,
+                aliases: dict[str, tuple[str, ...]] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a typer command one option per field of the options dataclass `cls`.
 
     Each option is `--field-name` (or the names in `flags`; booleans get `--x/--no-x`), with the
     field's default and help text. The command receives one checked `cls` instance in its
     parameter `into` instead of the separate values, so an option is declared once, in the
     dataclass, and checked once, in its `check()`. Fields in `skip` are left to the command.
+    `prefix` goes before every generated flag (`prefix="teacher-"`: `--teacher-url`) except
+    those in `flags`; `callbacks` are typer callbacks of some fields (e.g. an output-path check);
+    `aliases` are old flag names of a field, still accepted but hidden from `--help`.
+    Decorators stack: two options classes, each with its own `into`, give one command both.
     """
     flags = flags or {}
+    callbacks = callbacks or {}
+    aliases = aliases or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+    param_of = {f.name: prefix.replace("-", "_") + f.name for f in fields}
+    unknown = (set(flags) | set(callbacks) | set(aliases) | set(skip)) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         import typer
@@ -59,18 +76,33 @@ def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, s
                   for p in own.parameters.values() if p.name != into]
         taken = {p.name for p in params}
         for f in fields:
-            if f.name in taken:
-                raise TypeError(f"{command.__name__}: option {f.name!r} is declared twice")
-            cli_name = f.name.replace("_", "-")
+            name = param_of[f.name]
+            if name in taken:
+                raise TypeError(f"{command.__name__}: option {name!r} is declared twice")
+            cli_name = prefix + f.name.replace("_", "-")
             names = flags.get(f.name) or ((f"--{cli_name}/--no-{cli_name}",) if hints[f.name] is bool else (f"--{cli_name}",))
-            default = field_default(cls, f.name)
+            default, annotation = field_default(cls, f.name), hints[f.name]
+            if "join" in f.metadata:
+                default, annotation = [default], list[str]
             params.append(inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-                default=typer.Option(default, *names, help=f.metadata.get("help", ""))))
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                default=typer.Option(default, *names, help=f.metadata.get("help", ""), callback=callbacks.get(f.name))))
+            if f.name in aliases:
+                params.append(inspect.Parameter(
+                    name + "_alias", inspect.Parameter.KEYWORD_ONLY, annotation=annotation | None,
+                    default=typer.Option(None, *aliases[f.name], hidden=True, help=f"Old name of {names[0]}.")))
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
-            opts = cls(**{f.name: kwargs.pop(f.name) for f in fields})
+            values = {f.name: kwargs.pop(param_of[f.name]) for f in fields}
+            for f in fields:
+                old = kwargs.pop(param_of[f.name] + "_alias") if f.name in aliases else None
+                if old is not None:  # given under its old name
+                    values[f.name] = old
+            for f in fields:
+                if "join" in f.metadata:
+                    values[f.name] = f.metadata["join"].join(values[f.name])
+            opts = cls(**values)
             check = getattr(opts, "check", None)
             if check is not None:
                 check()

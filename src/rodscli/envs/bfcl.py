@@ -338,12 +338,16 @@ class BFCLTasksOptions:
     split: str = option("train", help="train: 100 tasks per category (the paper's training set); "
                         "test: the other 100 per category (evaluation); all: all 800.")
     categories: list[str] = option(list(CATEGORIES), help="BFCL multi-turn categories to include "
-                                   "(base, miss_func, miss_param, long_context).")
+                                   "(base, miss_func, miss_param, long_context). Repeat the option or separate by commas.")
     split_seed: int = option(0, help="Seed of the train/test split: per category, BFCL's tasks in id "
                              "order are shuffled by random.Random(f'{seed}:{category}') and the first "
                              "--per-category are train. The default 0 is the documented split.")
     per_category: int = option(100, help="Training tasks per category (the rest are test).")
     profile: bool = option(True, help="Compute each task's complexity profile Phi (replays the reference).")
+
+    def __post_init__(self) -> None:
+        # `--categories base,long_context` and `--categories base --categories long_context` alike
+        self.categories = [c.strip() for item in self.categories for c in item.split(",") if c.strip()]
 
 
 def bfcl_tasks(opts: BFCLTasksOptions) -> list[dict]:

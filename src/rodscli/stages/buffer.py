@@ -7,7 +7,7 @@ candidates synthesized in it, and writes the buffer and the batch for iteration 
 
 1. statistics: each rolled-out entry gets a history row and an EMA of its group mean;
 2. injection: candidates enter as `pending` (trainable from created_iter + 1); pending
-   entries whose time has come are activated, at most floor(beta x |active pool|) per
+   entries whose time has come are activated, at most floor(inject_frac x |active pool|) per
    iteration (at least 1), oldest first (staged injection: the pool never shifts faster);
 3. retirement (synthetic only, seeds are never retired): mastered (EMA > 0.95),
    unsolvable (EMA < 0.20 after `burn_in` observations), stale (the last `stale_iters`
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from rodscli import schemas
 from rodscli.config import option
-from rodscli.errors import InputError
+from rodscli.errors import InputError, OptionError
 
 BUFFER_FIELDS = ("status", "added_iter", "trainable_from", "retired_iter", "retire_reason", "n_rollouts",
                  "ema_mean", "last_phi", "last_iter", "history", "log")
@@ -41,7 +41,7 @@ BUFFER_FIELDS = ("status", "added_iter", "trainable_from", "retired_iter", "reti
 @dataclass
 class MergeOptions:
     iteration: int = option(0, help="Loop iteration n of the groups and candidates; the next batch is for n + 1.")
-    beta: float = option(0.2, help="Staged injection: activate at most this fraction of the active pool per iteration.")
+    inject_frac: float = option(0.2, help="Staged injection: activate at most this fraction of the active pool per iteration (beta in the paper; --beta is its old name).")
     p_max: int = option(400, help="Cap on active synthetic tasks; over it, the highest phi are kept.")
     mastered: float = option(0.95, help="Retire a synthetic task whose EMA mean reward is above this (mastered).")
     unsolvable: float = option(0.20, help="Retire a synthetic task whose EMA mean reward is below this after its burn-in (unsolvable).")
@@ -51,6 +51,10 @@ class MergeOptions:
     batch_size: int = option(0, help="Tasks in the next batch (0: every trainable active task).")
     floor: float = option(0.05, help="Smallest sampling weight, so that every active task is eventually rolled out.")
     seed: int = option(0, help="Seed of the batch sampling.")
+
+    def check(self) -> None:
+        if not 0 <= self.inject_frac <= 1 or self.p_max < 0 or self.batch_size < 0 or self.floor <= 0:
+            raise OptionError("need 0 <= --inject-frac <= 1, --p-max >= 0, --batch-size >= 0, --floor > 0", field="--inject-frac")
 
 
 def entry_from_task(task: dict, iteration: int, *, status: str, trainable_from: int, action: str, reason: str) -> dict:
@@ -155,19 +159,19 @@ def add_candidates(entries: dict[str, dict], order: list[str], candidates: list[
 
 
 def activate(entries: dict[str, dict], order: list[str], opts: MergeOptions) -> Counter:
-    """Staged injection: pending entries due by iteration n + 1, at most beta x active pool."""
+    """Staged injection: pending entries due by iteration n + 1, at most inject_frac x active pool."""
     counts: Counter = Counter()
     n, nxt = opts.iteration, opts.iteration + 1
     active = sum(1 for k in order if entries[k]["status"] == "active")
-    # at least one a iteration when beta > 0, or a pool under 5 tasks could never grow
-    quota = max(1, math.floor(opts.beta * active)) if opts.beta > 0 else 0
+    # at least one a iteration when inject_frac > 0, or a pool under 5 tasks could never grow
+    quota = max(1, math.floor(opts.inject_frac * active)) if opts.inject_frac > 0 else 0
     due = [entries[k] for k in order if entries[k]["status"] == "pending" and entries[k]["trainable_from"] <= nxt]
     due.sort(key=lambda e: (e["added_iter"], e["trainable_from"], e["id"]))
     for i, e in enumerate(due):
         if i < quota:
             e["status"] = "active"
             _log(e, n, "activate", f"injected into the pool for iteration {nxt} ({i + 1} of quota {quota} = "
-                                   f"floor({opts.beta} x {active} active))")
+                                   f"floor({opts.inject_frac} x {active} active))")
             counts["activated"] += 1
         else:
             _log(e, n, "keep", f"pending: injection quota {quota} of iteration {nxt} is used up")

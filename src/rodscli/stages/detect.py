@@ -51,18 +51,17 @@ class DetectConfig:
     select: str = option("phi", help="How synthesis seeds are chosen: phi (the top-M boundary groups, RODS) or random (M groups drawn uniformly from all groups, whatever their zone, with the global --seed: the paper's random-selection ablation).")
     seed: int = option(0, help="Seed of --select random.")
 
-
-def _check(cfg: DetectConfig) -> None:
-    if not 0.0 <= cfg.alpha_low <= cfg.alpha_high <= 1.0:
-        raise OptionError(f"need 0 <= --alpha-low <= --alpha-high <= 1, got {cfg.alpha_low} and {cfg.alpha_high}")
-    if cfg.top_m < 0 or (cfg.quota_per_skill is not None and cfg.quota_per_skill < 0):
-        raise OptionError("--top-m and --quota-per-skill must be >= 0")
-    if cfg.by not in ("task_id", "group_id"):
-        raise OptionError(f"--by must be task_id or group_id, got {cfg.by!r}")
-    if not 0.0 <= cfg.ema <= 1.0:
-        raise OptionError(f"--ema must be in [0, 1], got {cfg.ema}")
-    if cfg.select not in SELECTIONS:
-        raise OptionError(f"--select must be one of {', '.join(SELECTIONS)}, got {cfg.select!r}")
+    def check(self) -> None:
+        if not 0.0 <= self.alpha_low <= self.alpha_high <= 1.0:
+            raise OptionError(f"need 0 <= --alpha-low <= --alpha-high <= 1, got {self.alpha_low} and {self.alpha_high}")
+        if self.top_m < 0 or (self.quota_per_skill is not None and self.quota_per_skill < 0):
+            raise OptionError("--top-m and --quota-per-skill must be >= 0")
+        if self.by not in ("task_id", "group_id"):
+            raise OptionError(f"--by must be task_id or group_id, got {self.by!r}")
+        if not 0.0 <= self.ema <= 1.0:
+            raise OptionError(f"--ema must be in [0, 1], got {self.ema}")
+        if self.select not in SELECTIONS:
+            raise OptionError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,7 +362,7 @@ def detect_frame(scored: pl.LazyFrame | pl.DataFrame | Iterable[dict], cfg: Dete
                  previous: Iterable[dict] | None = None) -> pl.DataFrame:
     """The group records as a frame (one row per group, sorted by task id)."""
     cfg = cfg or DetectConfig()
-    _check(cfg)
+    cfg.check()
     if isinstance(scored, pl.DataFrame):
         scored = scored.lazy()
     if isinstance(scored, pl.LazyFrame):

@@ -26,7 +26,7 @@ from typing import Any
 
 from rodscli import records
 from rodscli.config import option
-from rodscli.errors import InputError
+from rodscli.errors import InputError, OptionError
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 RETIRE_REASONS = ("mastered", "unsolvable", "stale", "capacity")
@@ -36,10 +36,14 @@ ZONES = ("hard", "boundary", "mastered")
 @dataclass
 class ReportOptions:
     out: str = option("report", help="Folder for index.html, the PNG plots and summary.json.")
-    names: list[str] = option([], help="Label of each run in plots and tables (default: the run folder's name).")
+    names: list[str] = option([], help="Label of each run in plots and tables (default: the run folder's name). Repeat once per run.")
     plots: bool = option(True, help="Draw the PNG plots (matplotlib); --no-plots writes only the table and summary.json.")
     study: bool = option(False, help="The folder is a study (`make study`: STUDY/ARM/seedS runs): curves with 95% bands across seeds and the final held-out table with differences and paired-bootstrap intervals (stages/study.py); writes study.json.")
     n_boot: int = option(10_000, help="Bootstrap resamples of each interval (--study).")
+
+    def check(self) -> None:
+        if self.study and self.n_boot < 100:
+            raise OptionError(f"--n-boot must be at least 100, got {self.n_boot}", field="--n-boot")
 
 
 # ---------------------------------------------------------------------------------------

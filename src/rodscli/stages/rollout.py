@@ -54,7 +54,7 @@ class RolloutOptions:
     device: str = option("auto", help="hf backend device: auto (cuda when available), cpu, cuda, cuda:N.")
     system_prompt: str | None = option(None, help="System prompt for tasks that have none (default: rods' built-in prompt).")
     chat_template: str | None = option(None, help="Jinja chat template file that replaces the checkpoint's own (as vLLM's --chat-template); needed when the checkpoint has none.")
-    base_url: str = option("http://127.0.0.1:8000/v1", help="openai backend: the server's base URL; several servers (one per GPU or node) as --base-url repeated or a comma-separated list: requests spread over them and a failing server is routed around.")
+    base_url: str = option("http://127.0.0.1:8000/v1", join=",", help="openai backend: the server's base URL; several servers (one per GPU or node) as --base-url repeated or a comma-separated list: requests spread over them and a failing server is routed around.")
     served_model: str | None = option(None, help="openai backend: model name on the server (default: the --policy path).")
     concurrency: int = option(16, help="openai backend: requests in flight at once.")
     gpu_memory_utilization: float = option(0.85, help="vllm backend: fraction of GPU memory vLLM may use.")

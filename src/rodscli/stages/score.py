@@ -41,6 +41,13 @@ class ScoreConfig:
     irrelevance: str = option("v3", help="A call in a turn whose reference is empty: v3 (default, BFCL v3 and the paper) fails the turn; official (the bfcl-eval 2026 checker) does not check such a turn. See docs/bfcl-reward.md.")
     cache: bool = option(True, help="Replay each task's reference once for all its rollouts; --no-cache replays it per rollout (for benchmarks).")
 
+    def check(self) -> None:
+        if self.reward not in REWARDS:
+            raise OptionError(f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if self.irrelevance not in rewards.IRRELEVANCE_RULES:
+            raise OptionError(f"--irrelevance must be one of {', '.join(rewards.IRRELEVANCE_RULES)}, got {self.irrelevance!r}")
+        parse_weights(self.weights)
+
 
 def parse_weights(text: str) -> dict[str, float]:
     """PROVE weights from 'name=value,...' over the defaults; OptionError on a bad pair."""
@@ -173,10 +180,7 @@ def merge_tasks(files: Mapping[str, list[dict]]) -> dict[str, dict]:
 def score(rollouts: Iterable[dict], tasks: Mapping[str, dict] | Iterable[dict], cfg: ScoreConfig | None = None) -> Iterator[dict]:
     """Score rollouts one by one (streaming). `tasks` maps task id -> task (or is a list)."""
     cfg = cfg or ScoreConfig()
-    if cfg.reward not in REWARDS:
-        raise OptionError(f"--reward must be one of {', '.join(REWARDS)}, got {cfg.reward!r}")
-    if cfg.irrelevance not in rewards.IRRELEVANCE_RULES:
-        raise OptionError(f"--irrelevance must be one of {', '.join(rewards.IRRELEVANCE_RULES)}, got {cfg.irrelevance!r}")
+    cfg.check()
     weights = parse_weights(cfg.weights)
     by_id = tasks if isinstance(tasks, Mapping) else {t["id"]: t for t in tasks}
     cache: dict[str, TaskReference] = {}
