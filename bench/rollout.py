@@ -127,7 +127,7 @@ def main() -> None:
     rods_tps, naive_tps = rods_tokens / rods_s, naive_tokens / naive_s
     print(json.dumps({
         "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
-        "model": args.model, "params_M": round(sum(p.numel() for p in backend.model.parameters()) / 1e6, 1),
+        "model": args.policy or args.model, "params_M": round(sum(p.numel() for p in backend.model.parameters()) / 1e6, 1),
         "episodes": {"rods": len(recs), "naive": len(episodes)},
         "tokens": {"rods": rods_tokens, "naive": naive_tokens},
         "seconds": {"rods": round(rods_s, 2), "naive": round(naive_s, 2)},

@@ -6,8 +6,9 @@
 # with --no-deps; rods only reads the file). It is converted ONCE to a plain checkpoint
 # (SMOL_HF, ~100 s on 2 cores) that every run links to. Its chat template is ChatML without
 # tool support: rods lists the tools in the system prompt in the Hermes form itself
-# (docs/real-models.md). Sizes are small so that the recipe stays near an hour on 2 CPU
-# cores; costs measured so far are in docs/real-models.md.
+# (docs/real-models.md). Sizes are small so that the recipe stays near an hour of CPU time:
+# an estimate from the per-token costs measured in docs/real-models.md (SFT ~50 tokens per CPU
+# second, a 16-task greedy eval ~3.5 CPU minutes); the recipe has not been run end to end yet.
 
 SMOL_GGUF_NAME := SmolLM2-135M-Instruct.Q4_1.gguf
 # where pip put the wheel's file (found through importlib, never imported: its __init__

@@ -121,6 +121,9 @@ def test_imported_checkpoint_gives_transformers_own_gguf_logits(tiny_policy, tmp
     info = json.loads((out / "rods_policy.json").read_text())
     assert info["kind"] == "gguf-import" and info["source"] == path.name and info["dtype"] == "float32"
     assert not any(p.name.endswith(".gguf") for p in out.iterdir())
+    # not marked as quantized: what loads it can save it again (train-step writes checkpoints)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    imported.save_pretrained(tmp_path / "again")
 
 
 def test_dtype_and_a_given_template_and_bad_inputs(tiny_policy, tmp_path):

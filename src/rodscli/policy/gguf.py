@@ -5,8 +5,8 @@ transformers reads GGUF files itself (`from_pretrained(dir, gguf_file=NAME)`, wi
 permutation of the query/key weights, and rebuilds the tokenizer and its chat template
 from the file's metadata. The model it returns is marked as coming from a quantized file
 and refuses `save_pretrained`, so the weights are copied into a fresh model built from the
-same config (every key must match) and that one is saved: safetensors, config, tokenizer,
-chat template, generation config. De-quantizing is the slow part (SmolLM2-135M Q4_1: about
+same config, without its quantization note (every key must match), and that one is saved:
+safetensors, config, tokenizer, chat template, generation config. De-quantizing is the slow part (SmolLM2-135M Q4_1: about
 100 s on 2 CPU cores); do it once and point every stage at the directory it writes.
 """
 
@@ -58,6 +58,11 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "float32",
         tok.chat_template = chat_template
     config = loaded.config
     config.dtype = dtype
+    # the loaded config says "quantized with gguf": saved as is, every later load would be marked
+    # quantized too and refuse save_pretrained (train-step could not write its checkpoint)
+    for attribute in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:  # a transformers bug or an architecture it maps only in part
