@@ -130,6 +130,34 @@ def test_reference_episodes_succeed_and_others_fail(tiny_policy):
     assert by_key[("all", "all")]["iteration"] == 2 and len(scored) == len(tasks)
 
 
+
+class CallsWhereItShouldAsk(ReferencePolicy):
+    """The reference solution, plus a call to a tool that does not exist in every turn whose
+    reference is empty (where the agent should only ask or decline)."""
+
+    def replies(self, task: dict) -> list[str]:
+        out = []
+        for turn in task["reference"]:
+            out += [format_tool_call(c["name"], c["arguments"]) for c in turn] or [format_tool_call("no_such_tool", {})]
+            out.append(FINAL_ANSWER if turn else NO_CALL_ANSWER)
+        return out
+
+
+def test_eval_scores_empty_turns_by_the_irrelevance_rule_it_is_given(tiny_policy):
+    from rodscli.policy.base import load_tokenizer
+
+    tasks = [t for t in _heldout() if t["skill"] == "miss_param"]
+    assert tasks and all(any(not turn for turn in t["reference"]) for t in tasks)
+    backend = CallsWhereItShouldAsk(load_tokenizer(tiny_policy), tasks, {t["id"] for t in tasks})
+    ropts = RolloutOptions(max_tokens=100_000, max_new_tokens=400)
+    success = {}
+    for rule in ("v3", "official"):
+        rows, _ = evaluate(tasks, backend, EvalOptions(irrelevance=rule), ropts)
+        success[rule] = next(r for r in rows if r["kind"] == "all")["success"]
+    assert success == {"v3": 0.0, "official": 1.0}
+    with pytest.raises(OptionError, match="--irrelevance"):
+        EvalOptions(irrelevance="v4").check()
+
 def test_no_tasks_is_an_input_error(tiny_policy):
     from rodscli.policy.base import load_tokenizer
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.rewards import IRRELEVANCE_RULES
 from rodscli.schemas import skill_order
 
 
@@ -22,8 +23,11 @@ class EvalOptions:
     k: int = option(1, help="Episodes per task; success is pass@k (a task succeeds when any of its k episodes has outcome 1). k > 1 needs --no-greedy.")
     greedy: bool = option(True, help="Greedy decoding (temperature 0, one episode per task); --no-greedy samples k episodes at --temperature.")
     iteration: int | None = option(None, help="GRPO iterations the policy had been trained for (written into the records; the loop sets it).")
+    irrelevance: str = option("v3", help="How a turn whose reference is empty is scored, as `rods score --irrelevance`: v3 (default) or official (docs/bfcl-reward.md).")
 
     def check(self) -> None:
+        if self.irrelevance not in IRRELEVANCE_RULES:
+            raise OptionError(f"--irrelevance must be one of {', '.join(IRRELEVANCE_RULES)}, got {self.irrelevance!r}")
         if self.k < 1:
             raise OptionError(f"--k must be at least 1, got {self.k}")
         if self.greedy and self.k > 1:
@@ -141,6 +145,6 @@ def evaluate(tasks: list[dict], backend: Any, cfg: EvalOptions, rollout_opts: An
         raise InputError("no tasks to evaluate")
     opts = replace(rollout_opts, group_size=cfg.k, temperature=0.0 if cfg.greedy else rollout_opts.temperature)
     episodes = rollout(tasks, backend, opts, seed, on_record=on_episode)
-    scored = list(score(episodes, tasks, ScoreConfig()))
+    scored = list(score(episodes, tasks, ScoreConfig(irrelevance=cfg.irrelevance)))
     by_id = {t["id"]: t for t in tasks}
     return summarize(scored, by_id, scored[0]["policy_id"], cfg), scored
