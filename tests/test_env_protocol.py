@@ -46,3 +46,31 @@ def test_bool_is_not_a_number_but_int_is():
     assert check_arguments(schema, {"n": True}) == "argument 'n' should be number, got bool"
     assert check_arguments(schema, {"n": 3, "b": True}) is None
     assert check_arguments(schema, {"n": 2.5, "b": 1}) is None
+
+
+def test_a_family_that_saves_state_must_restore_it():
+    import pytest
+
+    from rodscli.envs.base import Episode
+
+    with pytest.raises(TypeError, match="save_state and restore_state together"):
+        class SavesOnly(Episode):  # noqa: F841 - defining it is the test
+            def save_state(self, owner):
+                return b""
+
+
+def test_filters_and_writers_must_define_their_one_method():
+    import pytest
+
+    from rodscli.synth.filters import Filter
+    from rodscli.synth.write.base import Writer
+
+    class NoKeep(Filter):
+        reason = "x"
+
+    class NoTurns(Writer):
+        name = "x"
+
+    for cls in (NoKeep, NoTurns):
+        with pytest.raises(TypeError, match="abstract"):
+            cls()

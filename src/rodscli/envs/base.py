@@ -282,9 +282,15 @@ class Episode(ABC):
         """The owner's whole state (private attributes included) as bytes; None when it cannot be saved."""
         return None
 
-    def restore_state(self, owner: str, blob: bytes) -> None:
-        """Put the owner back in a state `save_state` gave."""
-        raise NotImplementedError(f"{type(self).__name__} does not restore state")
+    def restore_state(self, owner: str, blob: bytes) -> None:  # noqa: B027 - optional, paired with save_state
+        """Put the owner back in a state `save_state` gave. The default saves nothing (None), so
+        there is never anything to restore; a family that saves state restores it too (checked
+        when the class is defined, see `__init_subclass__`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if (cls.save_state is Episode.save_state) != (cls.restore_state is Episode.restore_state):
+            raise TypeError(f"{cls.__name__} must define save_state and restore_state together")
 
     def state_view(self, owner: str) -> Any:
         """The owner's public state as JSON data (read only)."""

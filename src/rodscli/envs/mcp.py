@@ -241,7 +241,7 @@ class MCPEpisode(Episode):
         from anyio.from_thread import start_blocking_portal
 
         self.config = config
-        # rods-mcp-XXXX/work is the server's folder; its log lies beside it, out of its reach
+        # <tempdir>/rods-mcp-<random>/work is the server's folder; its log lies beside it, out of its reach
         self.root = tempfile.mkdtemp(prefix="rods-mcp-")
         self.workdir = os.path.join(self.root, "work")
         os.mkdir(self.workdir)

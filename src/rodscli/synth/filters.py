@@ -11,6 +11,7 @@ the chain `Synthesizer.filters` makes.
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import chain
@@ -44,13 +45,14 @@ class Candidate:
         return self.run.call_trace()
 
 
-class Filter:
+class Filter(ABC):
     """One check (see the module doc)."""
 
     reason = ""
 
+    @abstractmethod
     def keep(self, c: Candidate) -> bool:
-        raise NotImplementedError
+        """Whether the candidate passes this check (False: rejected, counted under `reason`)."""
 
     def accepted(self, c: Candidate) -> None:  # noqa: B027 - optional hook
         """A candidate passed every filter."""

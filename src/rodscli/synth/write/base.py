@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from rodscli.synth.plan import Plan
 
 
-class Writer:
+class Writer(ABC):
     """Writes the user turns of accepted candidates.
 
     `turns` writes one candidate's turns when it is accepted (from its plan and executed
@@ -25,8 +26,9 @@ class Writer:
     def __init__(self, opts: Any = None):
         self.opts = opts
 
+    @abstractmethod
     def turns(self, plan: Plan, run: Execution, rng: random.Random) -> list[str]:
-        raise NotImplementedError
+        """The candidate's user turns, one per turn of its plan."""
 
     def revise(self, tasks: list[dict]) -> dict:
         """Rewrite the accepted tasks in place; counts for the stats ({}: nothing to tell)."""
