@@ -23,14 +23,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", join: str | None 
     return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
-def field_help(cls: type, name: str) -> str:
-    """The help text of field `name` of options class `cls`."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(f"{cls.__name__} has no field {name!r}")
-
-
 def field_default(cls: type, name: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name == name:
