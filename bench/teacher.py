@@ -52,9 +52,10 @@ def distinct_2(turns: list[str]) -> float:
 
 
 def same_turns(plain: list[dict], taught: list[dict]) -> dict:
-    """Distinct-2 of the template's and the teacher's user turns of the same candidates."""
+    """Distinct-2 of the template's and the teacher's user turns of the same candidates
+    (not copies, not replacements of rejected candidates: those have no template twin)."""
     before = {t["id"]: t for t in plain}
-    kept = [t for t in taught if "augment_of" not in t["synthesis"].get("teacher", {})]
+    kept = [t for t in taught if not {"augment_of", "attempt"} & set(t["synthesis"].get("teacher", {}))]
     return {"turns": sum(len(t["user_turns"]) for t in kept),
             "template": round(distinct_2([u for t in kept for u in before[t["id"]]["user_turns"]]), 4),
             "teacher": round(distinct_2([u for t in kept for u in t["user_turns"]]), 4)}
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--agents", default="rewrite,critique,augment", help="As --teacher-agents.")
+    ap.add_argument("--attempts", type=int, default=3, help="As --teacher-attempts.")
     ap.add_argument("--out", default="runs/bench-teacher")
     args = ap.parse_args()
     out = Path(args.out)
@@ -120,7 +122,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the server (finally)
     try:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
-                                 concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents)
+                                 concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents,
+                                 attempts=args.attempts)
         server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
         taught, stats = synthesize(seeds, known, opts, teacher=teacher)
         client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
@@ -142,7 +145,9 @@ def main() -> None:
             "rewrite_accepted": f"{t.get('rewritten_turns', 0)}/{t.get('turns', 0)}",
             "rewrite_share": round(t.get("rewritten_turns", 0) / max(1, t.get("turns", 0)), 4),
             "agents": args.agents, "critique_rejected": rejected,
-            "critique_accepted": f"{t['given'] - sum(rejected.values())}/{t['given']}",
+            "critique_accepted": f"{t.get('critique_attempts', {}).get('judged', 0) - sum(rejected.values())}"
+                                 f"/{t.get('critique_attempts', {}).get('judged', 0)} judged",
+            "critique_attempts": t.get("critique_attempts", {}),
             "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
             "candidates": len(taught), "requests": t["requests"],
             "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),

@@ -187,3 +187,57 @@ def test_chat_template_overrides_on_rollout_eval_and_sft(bare_policy, tiny_polic
     assert (sft / "model.safetensors").exists()
     assert main(["--quiet", "rollout", "--policy", str(bare_policy), "--tasks", str(one_task), "--out", str(out),
                  *FAST, "--chat-template", str(tmp_path / "missing.jinja")]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# synthesize's llm writer on templates without a system role
+
+# Gemma's template in kind: a system message raises, the assistant is the "model"
+RAISES_ON_SYSTEM = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<|im_start|>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>model\n' }}{% endif %}"
+)
+# a template that renders user and assistant turns only: a system message is dropped without a word
+DROPS_SYSTEM = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [RAISES_ON_SYSTEM, DROPS_SYSTEM, CHATML_NO_TOOLS], ids=["raises", "drops", "keeps"])
+def test_the_llm_writers_instructions_reach_a_template_without_a_system_role(template):
+    from rodscli.synth import SynthesizeOptions
+    from rodscli.synth.write.llm import REWRITE_PROMPT, LLMWriter
+
+    writer = LLMWriter(SynthesizeOptions(writer="llm", policy="unused"))
+    writer.chat = _format(template)
+    turn = "Please find a customer by full name with name 'Ada Moreno'."
+    prompt = writer.prompt(turn)
+    assert REWRITE_PROMPT in prompt and turn in prompt
+    if template == CHATML_NO_TOOLS:  # a template with a system role keeps the instructions there
+        assert f"<|im_start|>system\n{REWRITE_PROMPT}<|im_end|>\n<|im_start|>user\n{turn}<|im_end|>" in prompt
+    else:  # folded into the first (only) user message
+        assert "system" not in prompt and f"<|im_start|>user\n{REWRITE_PROMPT}\n\n{turn}<|im_end|>" in prompt
+
+
+@pytest.mark.slow
+def test_synthesize_llm_writer_takes_chat_template(bare_policy, one_task, tmp_path, capfd):
+    """`rods synthesize --writer llm --chat-template FILE` prompts the policy with the file's
+    template (the checkpoint has none) even when that template raises on a system message."""
+    template = tmp_path / "gemma-like.jinja"
+    template.write_text(RAISES_ON_SYSTEM)
+    out = tmp_path / "c.jsonl"
+    argv = ["--quiet", "synthesize", "--seeds", str(one_task), "--per-seed", "1", "--out", str(out),
+            "--writer", "llm", "--policy", str(bare_policy)]
+    assert main(argv) == 2  # no template at all: refused, one line naming the option, nothing written
+    err = capfd.readouterr().err
+    assert "--chat-template" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main([*argv, "--chat-template", str(template)]) == 0
+    written = read_all(out, "task")
+    assert written and all(len(c["synthesis"]["rewritten"]) == len(c["user_turns"]) for c in written)
+    info = read_provenance(out)
+    assert info["inputs"][str(template)] == file_hash(template)
+    assert info["synthesis"]["turns"] == sum(len(c["user_turns"]) for c in written)

@@ -260,6 +260,57 @@ def test_critique_counts_rejections_by_reason(scripted):
     assert cands[0]["user_turns"][0] in shown and cands[0]["reference"][0][0]["name"] in shown
 
 
+def test_a_rejected_candidate_is_replaced_by_a_new_attempt(scripted):
+    """Through synthesize(): the critique (a real HTTP server's verdicts, in order) rejects 3
+    of 4 candidates; each is replaced by a new programmatic attempt for its variant (a new
+    world), judged again, up to --teacher-attempts 3 per variant; counted and recorded."""
+    ok = chat('{"clear": true, "answerable": true, "consistent": true}')
+    verdicts = [ok, chat("no idea"), chat('{"clear": false, "answerable": true, "consistent": true}'),
+                chat('{"clear": true, "answerable": false, "consistent": true}'),  # round 0: 4 candidates
+                ok, chat('{"clear": true, "answerable": true, "consistent": false}'), chat("{}"),  # round 1: 3 replacements
+                ok, chat("still no idea")]  # round 2: 2 replacements; the last variant is given up
+    server, url = scripted(*[(200, v) for v in verdicts])
+    seeds = [orjson.loads(orjson.dumps(t)) for t in seed_tasks(per_skill=1)[:4]]
+    plain, first = synthesize(seeds, seeds, SynthesizeOptions(per_seed=1))
+    kept, stats = synthesize(seeds, seeds, SynthesizeOptions(per_seed=1),
+                             teacher=TeacherOptions(url=url, model="m", agents="critique", concurrency=1))
+    assert len(server.bodies) == 9 and len({b["seed"] for b in server.bodies}) == 9  # each round its own seeds
+    teacher = stats["teacher"]
+    assert teacher["critique_rejected"] == {"critique_invalid": 3, "critique_not_clear": 1,
+                                            "critique_not_answerable": 1, "critique_not_consistent": 1}
+    tries = teacher["critique_attempts"]
+    assert {k: tries[k] for k in ("per_variant", "judged", "replacements", "replaced", "unmade")} == \
+        {"per_variant": 3, "judged": 9, "replacements": 5, "replaced": 2, "unmade": 0}
+    assert tries["synthesized"]["attempted"] >= 5 and teacher["written"] == 3
+    assert {k: stats[k] for k in ("accepted", "attempted")} == {k: first[k] for k in ("accepted", "attempted")}
+    assert [t["id"] for t in kept] == [t["id"] for t in plain[:3]] and kept[0] == {**plain[0], "synthesis": kept[0]["synthesis"]}
+    assert [t["synthesis"]["teacher"].get("attempt", 0) for t in kept] == [0, 1, 2]
+    assert kept[1]["synthesis"]["teacher"]["replaces"] == ["critique_invalid"]
+    assert kept[2]["synthesis"]["teacher"]["replaces"] == ["critique_not_clear", "critique_not_consistent"]
+    for new, old in zip(kept[1:], plain[1:3], strict=True):  # a new attempt: a later try, a new world, still verified
+        assert new["synthesis"]["attempt"] > old["synthesis"]["attempt"] and new["initial_state"] != old["initial_state"]
+        assert replay_reference(new).ok and schemas.problems("task", new) == []
+        assert new["synthesis"]["teacher"]["verdict"] == {"clear": True, "answerable": True, "consistent": True}
+    shown = server.bodies[4]["messages"][-1]["content"]  # the first replacement was what the critic saw
+    assert kept[1]["user_turns"][0] in shown
+
+
+def test_teacher_attempts_1_drops_what_the_critique_rejects(scripted, tmp_path, capfd):
+    server, url = scripted((200, chat("no verdict")))
+    seed_file, out = tmp_path / "seeds.jsonl", tmp_path / "out.jsonl"
+    records.write_records(seed_file, seed_tasks(per_skill=1)[:2], "task")
+    assert main(["synthesize", "--seeds", str(seed_file), "--per-seed", "1", "--out", str(out), "--teacher-url", url,
+                 "--teacher-model", "m", "--teacher-agents", "critique", "--teacher-attempts", "1"]) == 0
+    teacher = records.read_provenance(out)["synthesis"]["teacher"]
+    assert records.read_all(out, "task") == [] and len(server.bodies) == 2
+    assert teacher["critique_rejected"]["critique_invalid"] == 2
+    assert teacher["critique_attempts"] == {"per_variant": 1, "judged": 2, "replacements": 0, "replaced": 0,
+                                            "unmade": 0, "synthesized": {}}
+    assert "0/0 replacements accepted (of 2 judged; 0 not made)" in " ".join(capfd.readouterr().err.split())
+    with pytest.raises(OptionError, match="--teacher-attempts"):
+        TeacherOptions(url=url, model="m", attempts=0)
+
+
 def test_augment_adds_reverified_copies_and_counts_the_rest(scripted):
     """Paraphrases that keep the values make copies that replay; a long_context copy opens
     with the distractor; a distractor naming a value of the task drops its copy."""
@@ -345,9 +396,15 @@ def test_tiny_teachers_critique_rejects_everything_as_invalid(tiny_server, tmp_p
     url, model = tiny_server
     seeds = [orjson.loads(orjson.dumps(t)) for t in seed_tasks(per_skill=1)[:3]]
     cands, stats = synthesize(seeds, seeds, SynthesizeOptions(per_seed=1),
-                              teacher=TeacherOptions(url=url, model=model, agents="critique", max_tokens=24))
+                              teacher=TeacherOptions(url=url, model=model, agents="rewrite,critique", max_tokens=24,
+                                                     attempts=2))
     assert cands == [] and stats["accepted"] == 3
-    assert stats["teacher"]["critique_rejected"]["critique_invalid"] == 3 and stats["teacher"]["written"] == 0
+    teacher = stats["teacher"]  # each variant judged twice: the candidate, then a replacement for it
+    assert teacher["critique_rejected"]["critique_invalid"] == 6 and teacher["written"] == 0
+    assert {k: teacher["critique_attempts"][k] for k in ("judged", "replacements", "replaced")} == \
+        {"judged": 6, "replacements": 3, "replaced": 0}
+    assert teacher["turns"] > sum(len(t["user_turns"]) for t in synthesize(seeds, seeds, SynthesizeOptions(per_seed=1))[0])
+    assert teacher["requests"] == 6 + teacher["turns"]
 
 
 @pytest.mark.slow

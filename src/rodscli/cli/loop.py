@@ -104,6 +104,8 @@ def synthesize(
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
     candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
     inputs = [p for p in (groups, tasks, buffer, seeds) if p]
+    if opts.writer == "llm":  # the model that wrote the turns, and the template it was prompted with
+        inputs += [opts.policy, *filter(None, [opts.chat_template])]
     records.write_records(out, candidates, "task", validate=Globals.validate,
                           provenance_info=provenance(inputs, iteration=opts.iteration, synthesis=stats))
     rejected = ", ".join(f"{k}={v}" for k, v in stats["rejected"].items())

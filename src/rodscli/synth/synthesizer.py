@@ -63,11 +63,13 @@ class Synthesizer:
     rejected: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)  # execution_failed attempts by the last restart's cause
     attempted: int = 0
+    replacing: Counter = field(default_factory=Counter)  # the teacher's replacement attempts, and their rejections by reason
 
     def __post_init__(self) -> None:
         self.opts.check()
         self.graph = ApiGraph.mine(self.known)
         self.worlds = WorldPool(self.known)
+        self.made: dict[str, tuple[Plan, int]] = {}  # accepted candidate id -> its plan and variant number
         self.views: dict = {}  # owner states met, converted to JSON data (see OwnerStates.view)
         self.outcomes: dict = {}  # (call, owner state) -> the call's outcome and the state it left (see execute)
         self.writer: Writer = WRITERS[self.opts.writer](self.opts)
@@ -88,6 +90,7 @@ class Synthesizer:
                 cand, reason = self.attempt(plan, k, attempt)
                 if cand is not None:
                     out.append(cand)
+                    self.made[cand["id"]] = (plan, k)
                     break
                 self.rejected[reason] += 1
         return out
@@ -111,6 +114,20 @@ class Synthesizer:
             f.accepted(c)
         user_turns = self.writer.turns(plan, run, rng)
         return self.record(c, user_turns, k, {"world": world_from, "attempt": attempt, "restarts": restart}), "accepted"
+
+    def replacement(self, task: dict) -> dict | None:
+        """A new candidate for the variant `task` is (the teacher's critique rejected it): the
+        attempts after the one that made it, each on a new world, up to `attempts` of them;
+        None when none passes. Counted apart from the first pass (`replacing`)."""
+        plan, k = self.made[task["id"]]
+        first = task["synthesis"]["attempt"] + 1
+        for attempt in range(first, first + self.opts.attempts):
+            self.replacing["attempted"] += 1
+            cand, reason = self.attempt(plan, k, attempt)
+            if cand is not None:
+                return cand
+            self.replacing[reason] += 1
+        return None
 
     def execute(self, plan: Plan, task: dict, rng: random.Random) -> tuple[Execution | None, int]:
         """The plan executed on the task's world, and the restart that made it (None: every one failed).
@@ -205,7 +222,9 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
     if teacher is not None and teacher.url:
         from rodscli.synth.teacher import teach
 
-        out, stats["teacher"] = teach(out, teacher, opts.seed)
+        out, stats["teacher"] = teach(out, teacher, opts.seed, replace=synth.replacement)
+        if "critique_attempts" in stats["teacher"]:  # the programmatic attempts made for replacements, and why they failed
+            stats["teacher"]["critique_attempts"]["synthesized"] = dict(sorted(synth.replacing.items()))
     return out, stats
 
 

@@ -109,11 +109,17 @@ def _named(template: str, values: set[str]) -> str:
 # ------------------------------------------------------------------------------- Rewrite
 
 
+def salted(seed: int, attempt: int) -> tuple:
+    """The parts of a request seed that name the run's seed and the critique attempt (a
+    replacement candidate has its predecessor's id; the first attempt's seeds are as before)."""
+    return (seed, attempt) if attempt else (seed,)
+
+
 class Rewriter:
     """Rewrites every user turn of the candidates in place (kept only through the gate)."""
 
-    def __init__(self, client: ChatClient, prompt: Prompt, seed: int = 0):
-        self.client, self.prompt, self.seed = client, prompt, seed
+    def __init__(self, client: ChatClient, prompt: Prompt, seed: int = 0, attempt: int = 0):
+        self.client, self.prompt, self.seed = client, prompt, salted(seed, attempt)
 
     def run(self, tasks: list[dict]) -> tuple[int, int]:
         """(turns rewritten, turns asked); each task records which of its turns were in
@@ -123,7 +129,7 @@ class Rewriter:
             values = task_values(t)
             for k, turn in enumerate(t["user_turns"]):
                 jobs.append((t, k, values))
-                requests.append(ask(self.prompt, request_seed(self.seed, "rewrite", t["id"], k),
+                requests.append(ask(self.prompt, request_seed(*self.seed, "rewrite", t["id"], k),
                                     values=_named(turn, values), request=turn))
         kept = 0
         for (t, k, values), answer in zip(jobs, self.client.complete(requests), strict=True):
@@ -179,27 +185,24 @@ def critique_message(task: dict) -> str:
 
 
 class Critic:
-    """Keeps the candidates whose teacher verdict passes every check; counts the rest by reason."""
+    """Judges each candidate: the teacher's verdict must pass every check."""
 
-    def __init__(self, client: ChatClient, prompt: Prompt, seed: int = 0):
-        self.client, self.prompt, self.seed = client, prompt, seed
+    def __init__(self, client: ChatClient, prompt: Prompt, seed: int = 0, attempt: int = 0):
+        self.client, self.prompt, self.seed = client, prompt, salted(seed, attempt)
 
-    def run(self, tasks: list[dict]) -> tuple[list[dict], Counter]:
-        requests = [ask(self.prompt, request_seed(self.seed, "critique", t["id"]), task=critique_message(t))
+    def run(self, tasks: list[dict]) -> list[str | None]:
+        """Per task, the rejection reason (one of CRITIQUE_REASONS), or None when it passed
+        (its verdict is then recorded in synthesis.teacher.verdict)."""
+        requests = [ask(self.prompt, request_seed(*self.seed, "critique", t["id"]), task=critique_message(t))
                     for t in tasks]
-        kept, rejected = [], Counter()
+        reasons: list[str | None] = []
         for t, answer in zip(tasks, self.client.complete(requests), strict=True):
             verdict = parse_verdict(answer)
-            if verdict is None:
-                rejected["critique_invalid"] += 1
-                continue
-            failed = next((c for c in CHECKS if not verdict[c]), None)
-            if failed is not None:
-                rejected[f"critique_not_{failed}"] += 1
-                continue
-            t["synthesis"].setdefault("teacher", {})["verdict"] = verdict
-            kept.append(t)
-        return kept, rejected
+            failed = "invalid" if verdict is None else next((f"not_{c}" for c in CHECKS if not verdict[c]), None)
+            if failed is None:
+                t["synthesis"].setdefault("teacher", {})["verdict"] = verdict
+            reasons.append(failed and f"critique_{failed}")
+        return reasons
 
 
 # ------------------------------------------------------------------------------- Augment

@@ -59,6 +59,13 @@ class LLMWriter(TemplateWriter):
             self.backend.close()
         return {"rewritten_turns": kept, "turns": sum(len(t["user_turns"]) for t in tasks)}
 
+    def prompt(self, turn: str) -> str:
+        """The request to rewrite `turn`, rendered: the instructions as a system message, or
+        at the head of the user message when the template has no system role (Gemma's
+        raises on one, others drop it; `ChatFormat.opening` finds out by rendering)."""
+        messages, _ = self.chat.opening(REWRITE_PROMPT, [], turn)
+        return self.chat.render(messages)
+
     def rewrite(self, tasks: list[dict], batch: int = 32) -> int:
         """Rewrite the user turns of `tasks` in place; the number of turns rewritten."""
         from rodscli.policy.base import Request
@@ -69,9 +76,8 @@ class LLMWriter(TemplateWriter):
             chunk = jobs[start:start + batch]
             requests = []
             for n, (t, k) in enumerate(chunk):
-                prompt = self.chat.render([{"role": "system", "content": REWRITE_PROMPT},
-                                           {"role": "user", "content": t["user_turns"][k]}])
-                requests.append(Request(self.chat.encode(prompt), self.max_new_tokens, self.opts.seed + start + n))
+                requests.append(Request(self.chat.encode(self.prompt(t["user_turns"][k])), self.max_new_tokens,
+                                        self.opts.seed + start + n))
             for (t, k), gen in zip(chunk, self.backend.generate(requests, self.chat.stop_ids), strict=True):
                 ids = [i for i in gen.token_ids if i not in self.chat.stop_ids]
                 text = self.chat.decode(ids).strip()
