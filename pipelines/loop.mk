@@ -56,6 +56,7 @@ PER_SEED ?= 2
 SYNTH ?= on
 P_MAX ?= 400
 INJECT_FRAC ?= 0.2
+# off: `rods merge-buffer --no-retire` (synthetic tasks are never retired; the P_MAX cap stays)
 RETIRE ?= on
 FLOOR ?= 0.05
 LR ?= 1e-5
