@@ -19,7 +19,7 @@ wall-clock time would mostly measure the other processes. The built-in worlds ar
 once per process (64 per domain and size), so the first run pays for them and the
 fastest run does not. Target: >= 200 verified candidates/s (template writer).
 
-    .venv/bin/python bench/synthesize.py [--seeds 100] [--per-seed 4] [--repeat 3]
+    .venv/bin/python bench/synthesize.py [--seed-tasks 100] [--per-seed 4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -114,14 +114,15 @@ def measure(name: str, seeds: list[dict], known: list[dict], per_seed: int, repe
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--seed-tasks", "--seeds", dest="seed_tasks", type=int, default=100,
+                    help="Seed tasks per workload (--seeds: the old name).")
     ap.add_argument("--per-seed", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3, help="Runs of each; the fastest counts.")
     args = ap.parse_args()
-    builtin = seed_tasks(per_skill=-(-args.seeds // 8))
-    measure("builtin", builtin[::max(1, len(builtin) // args.seeds)][:args.seeds], builtin, args.per_seed, args.repeat)
+    builtin = seed_tasks(per_skill=-(-args.seed_tasks // 8))
+    measure("builtin", builtin[::max(1, len(builtin) // args.seed_tasks)][:args.seed_tasks], builtin, args.per_seed, args.repeat)
     train = bfcl_tasks(BFCLTasksOptions(split="train"))
-    measure("bfcl", train[::max(1, len(train) // args.seeds)][:args.seeds], train, args.per_seed, args.repeat)
+    measure("bfcl", train[::max(1, len(train) // args.seed_tasks)][:args.seed_tasks], train, args.per_seed, args.repeat)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@
 
 # tasks: the 480 built-in seeds; every 10th is kept out of training (48) and half of those
 # (every 20th: 24 tasks) are the held-out eval. SFT sees the 432 training tasks and the
-# 1,440 tasks of world seeds 1-3 (new worlds and stories: names cannot be memorized, only
+# 1,440 tasks of worlds 1-3 (new worlds and stories: names cannot be memorized, only
 # copied from the request)
 TRAIN_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 10 != 0'
 HELDOUT_TASKS_CMD ?= $(RODS) tasks builtin --out - | awk 'NR % 20 == 0'
-SFT_TASKS_FILTER ?= sh -c 'cat && $(RODS) --quiet tasks builtin --seeds 1-3 --no-profile --out -'
+SFT_TASKS_FILTER ?= sh -c 'cat && $(RODS) --quiet tasks builtin --worlds 1-3 --no-profile --out -'
 
 # policy: the embedded tiny model (POLICY= a checkpoint directory to start from another)
 POLICY ?=
@@ -23,13 +23,13 @@ SFT ?= on
 # only with more data (SFT_MORE), so it still fails most turns that need calls (docs/results.md)
 SFT_ARGS ?= --epochs 1 --lr 3e-3 --sft-tokens all --batch-tokens 2048
 # SFT_MORE=on: a longer warm start that goes on from there with one pass on the 8,640 tasks of
-# world seeds 4-21 (10.2M tokens, 1,340 steps of 8,192 tokens, cosine from 1e-3, loss on every
+# worlds 4-21 (10.2M tokens, 1,340 steps of 8,192 tokens, cosine from 1e-3, loss on every
 # token; ~48 min on 2 CPU cores). Measured on 96 held-out tasks of unseen worlds: argument
 # accuracy 0.03 -> 0.54, progress 0.088 -> 0.292, 47 of 243 call turns passed instead of 2, 12
 # tasks solved end to end instead of 1 (with the loss on the assistant's tokens only, the same
 # stage reached 0.171 and 2 tasks)
 SFT_MORE ?= off
-SFT_MORE_TASKS_CMD ?= $(RODS) --quiet tasks builtin --seeds 4-21 --no-profile --out -
+SFT_MORE_TASKS_CMD ?= $(RODS) --quiet tasks builtin --worlds 4-21 --no-profile --out -
 SFT_MORE_ARGS ?= --epochs 1 --lr 1e-3 --sft-tokens all --batch-tokens 8192
 
 # loop size: ITER iterations of BATCH tasks x G rollouts. The tiny policy's prompt is

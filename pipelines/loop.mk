@@ -56,6 +56,7 @@ PER_SEED ?= 2
 SYNTH ?= on
 P_MAX ?= 400
 INJECT_FRAC ?= 0.2
+# off: `rods merge-buffer --no-retire` (synthetic tasks are never retired; the P_MAX cap stays)
 RETIRE ?= on
 FLOOR ?= 0.05
 LR ?= 1e-5
@@ -128,7 +129,7 @@ SCORE_OPTS = --reward $(REWARD) $(SCORE_ARGS)
 ROLLOUT_OPTS = --backend $(BACKEND) --group-size $(G) --temperature $(TEMPERATURE) --max-new-tokens $(MAX_NEW_TOKENS) --max-tokens $(MAX_TOKENS) $(ROLLOUT_ARGS)
 DETECT_OPTS = --alpha-low $(ALPHA_LOW) --alpha-high $(ALPHA_HIGH) --top-m $(if $(filter on,$(SYNTH)),$(TOP_M),0) --select $(SELECT) $(DETECT_ARGS)
 MERGE_OPTS = --batch-size $(BATCH) --inject-frac $(INJECT_FRAC) --p-max $(P_MAX) --floor $(FLOOR) \
-	$(if $(filter on,$(RETIRE)),,--mastered 2 --unsolvable -1 --stale-iters 1000000) $(MERGE_ARGS)
+	$(if $(filter on,$(RETIRE)),,--no-retire) $(MERGE_ARGS)
 SYNTH_OPTS = --per-seed $(if $(filter on,$(SYNTH)),$(PER_SEED),0) $(SYNTH_ARGS)
 # the update divides logits by the rollouts' temperature, so that its ratios compare like with like
 TRAIN_OPTS = --temperature $(TEMPERATURE) --lr $(LR) $(SCALE_OPTS) $(TRAIN_ARGS)

@@ -33,7 +33,7 @@ STUDY_LR ?= 1e-6
 # any other `make loop` setting given on the command line reaches every run (make passes
 # command-line variables on to sub-makes), e.g. make study TRAIN_ARGS='--adv-scale none';
 # the arm's own settings and the study's (ITER, BATCH, G, LR, ...) win over them
-# held-out: 96 tasks (2 domains x 4 skills x 12) of world seed 99, never trained on
+# held-out: 96 tasks (2 domains x 4 skills x 12) of world 99, never trained on
 STUDY_HELDOUT_CMD ?= $(RODS) --quiet --seed 99 tasks builtin --per-skill 12 --out -
 
 # each arm is a recipe and settings, never a code fork; each changes one thing of `rods`

@@ -215,3 +215,32 @@ def test_beta_zero_never_injects_the_no_inject_ablation():
     pending = [e for e in buf if e["status"] == "pending"]
     assert len(pending) == 12 and all(e["origin"] == "synthetic" for e in pending)
     assert {e["status"] for e in buf if e["origin"] == "seed"} == {"active"}
+
+
+def test_no_retire_keeps_every_synthetic_task_as_the_old_thresholds_did(tmp_path):
+    """--no-retire (RETIRE=off, the study's no-retire arm) retires nothing but over --p-max, and gives
+    the bytes the thresholds no task can cross gave before it existed."""
+    def run(**opts):
+        buf = seeds(2) + init_buffer([task(k, "synthetic", "s0") for k in ("m", "u", "st", "ok")])
+        for it in range(4):
+            groups = [group("m", 1.0, it), group("u", 0.0, it), group("st", 0.5, it, informative=False),
+                      group("ok", 0.5, it), group("s0", 1.0, it)]
+            buf, _, summary = merge_buffer(buf, groups, [], MergeOptions(iteration=it, **{"burn_in": 1, "stale_iters": 1, **opts}))
+        return buf, summary
+
+    retired, _ = run()
+    assert {e["id"]: e["retire_reason"] for e in retired if e["status"] == "retired"} == {"m": "mastered", "u": "unsolvable", "st": "stale"}
+    kept, summary = run(retire=False)
+    assert all(e["status"] == "active" for e in kept) and not any(k.startswith("retired") or k == "seed_protected" for k in summary)
+    assert kept == run(mastered=2, unsolvable=-1, stale_iters=1000000)[0]
+    capped, _ = run(retire=False, p_max=2)  # the cap still applies: two of the four synthetic tasks go
+    assert sorted(e["retire_reason"] for e in capped if e["status"] == "retired") == ["capacity", "capacity"]
+    # the CLI switch, and its default on
+    records.write_records(tmp_path / "b.jsonl", retired, "buffer")
+    records.write_records(tmp_path / "g.jsonl", [group("ok", 1.0, 4)], "group")
+    for flags, name in ((["--no-retire"], "off"), (["--mastered", "2"], "thresholds"), ([], "on")):
+        assert main(["--quiet", "merge-buffer", "--buffer", str(tmp_path / "b.jsonl"), "--groups", str(tmp_path / "g.jsonl"),
+                     "--iteration", "4", "--ema-decay", "0", *flags, "--out", str(tmp_path / f"{name}.jsonl"),
+                     "--next-batch", str(tmp_path / f"{name}-next.jsonl")]) == 0
+    status = {name: by_id(records.read_all(tmp_path / f"{name}.jsonl", "buffer"))["ok"]["status"] for name in ("off", "thresholds", "on")}
+    assert status == {"off": "active", "thresholds": "active", "on": "retired"}

@@ -265,13 +265,13 @@ def test_cli_builtin_bad_options_leave_no_output(tmp_path):
     assert main(["tasks", "builtin", "--domain", "garden", "--out", str(out)]) == 2
     assert main(["tasks", "builtin", "--per-skill", "0", "--out", str(out)]) == 2
     for bad in ("3-1", "x", "1,,2", "-2"):
-        assert main(["tasks", "builtin", "--seeds", bad, "--out", str(out)]) == 2
+        assert main(["tasks", "builtin", "--worlds", bad, "--out", str(out)]) == 2
     assert not out.exists()
 
 
-def test_cli_builtin_several_seeds_in_one_file(tmp_path):
+def test_cli_builtin_several_worlds_in_one_file(tmp_path):
     out = tmp_path / "more.jsonl"
-    assert main(["tasks", "builtin", "--seeds", "2-3,0,2", "--domain", "retail", "--per-skill", "1", "--out", str(out)]) == 0
+    assert main(["tasks", "builtin", "--worlds", "2-3,0,2", "--domain", "retail", "--per-skill", "1", "--out", str(out)]) == 0
     tasks = records.read_all(out, "task")
     made = [t for s in (2, 3, 0) for t in seed_tasks("retail", seed=s, per_skill=1)]  # 2 once, in order
     assert [t["id"] for t in tasks] == [t["id"] for t in made] and len({t["id"] for t in tasks}) == 12

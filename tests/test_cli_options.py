@@ -186,3 +186,26 @@ def test_an_old_flag_name_still_works_but_is_hidden():
         result = CliRunner().invoke(app, argv)
         assert result.exit_code == 0, result.output
         assert seen[-1].group_size == size
+
+
+def test_renamed_seed_options_keep_their_old_spelling_hidden(tmp_path):
+    """One word per concept: world numbers are `tasks builtin --worlds`, a file of seed tasks is
+    `synthesize --seed-tasks`; the old `--seeds` of both still works (old recipes) but is not in --help."""
+    from rodscli import records
+    from rodscli.cli import app, main
+
+    for argv, new in ((["tasks", "builtin"], "--worlds"), (["synthesize"], "--seed-tasks")):
+        shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "200"}).output
+        assert new in shown and "--seeds" not in shown, shown
+    made = {}
+    for flag in ("--worlds", "--seeds"):
+        out = tmp_path / f"tasks{flag}.jsonl"
+        assert main(["--quiet", "tasks", "builtin", flag, "2,1", "--domain", "retail", "--per-skill", "1",
+                     "--no-profile", "--out", str(out)]) == 0
+        made[flag] = records.read_all(out, "task")
+    assert made["--seeds"] == made["--worlds"] and len(made["--worlds"]) == 8
+    assert {t["id"].rsplit("-", 1)[1] for t in made["--worlds"]} == {"s1", "s2"}
+    seeds = tmp_path / "tasks--worlds.jsonl"
+    for flag in ("--seed-tasks", "--seeds"):
+        assert main(["--quiet", "synthesize", flag, str(seeds), "--per-seed", "1", "--out", str(tmp_path / f"c{flag}.jsonl")]) == 0
+    assert records.read_all(tmp_path / "c--seeds.jsonl", "task") == records.read_all(tmp_path / "c--seed-tasks.jsonl", "task") != []

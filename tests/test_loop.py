@@ -89,7 +89,7 @@ def test_static_switches_synthesis_and_retirement_off(tmp_path):
     merge = [ln for ln in proc.stdout.splitlines() if " merge-buffer " in ln]
     assert synth and all("--per-seed 0" in ln for ln in synth)
     assert all("--top-m 0" in ln for ln in proc.stdout.splitlines() if " detect " in ln)
-    assert all("--floor 1.0" in ln and "--mastered 2" in ln for ln in merge)
+    assert all("--floor 1.0" in ln and "--no-retire" in ln for ln in merge)
 
 
 def test_settings_override_on_the_command_line(tmp_path):

@@ -20,7 +20,7 @@ STAGES = {
     "rollout": lambda out: ["rollout", "--out", out, "--policy", "missing", "--tasks", "missing.jsonl"],
     "score": lambda out: ["score", "--out", out, "--rollouts", "missing.jsonl", "--tasks", "missing.jsonl"],
     "detect": lambda out: ["detect", "--out", out, "--scored", "missing.jsonl"],
-    "synthesize": lambda out: ["synthesize", "--out", out, "--seeds", "missing.jsonl"],
+    "synthesize": lambda out: ["synthesize", "--out", out, "--seed-tasks", "missing.jsonl"],
     "merge-buffer": lambda out: ["merge-buffer", "--out", out, "--next-batch", "next.jsonl", "--init-from", "missing.jsonl"],
     "merge-buffer next": lambda out: ["merge-buffer", "--next-batch", out, "--out", "buf.jsonl", "--init-from", "missing.jsonl"],
     "eval": lambda out: ["eval", "--out", out, "--policy", "missing", "--tasks", "missing.jsonl"],

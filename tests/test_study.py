@@ -151,8 +151,8 @@ def test_cli_study_errors_are_one_line(tmp_path, capsys):
 # make study: the plans
 
 
-# retirement off: thresholds no task can cross
-RETIRE_OFF = ["+ --mastered 2", "+ --stale-iters 1000000", "+ --unsolvable -1"]
+# retirement off: merge-buffer's switch
+RETIRE_OFF = ["+ --no-retire"]
 ABLATIONS = {
     # arm: the options (of the stage lines) it changes against the rods arm, and nothing else
     "static": {"detect": ["--top-m 4 -> --top-m 0"], "synthesize": ["--per-seed 2 -> --per-seed 0"],
@@ -217,7 +217,7 @@ def test_each_ablation_changes_exactly_what_it_names(tmp_path, arm):
 def test_study_plan_shares_start_budget_and_held_out(tmp_path):
     lines = _plan(tmp_path, "rods static", "STUDY_BATCH=5", "STUDY_G=3")
     root = tmp_path / "st"
-    # one shared start (an SFT warm start, then the 96 held-out tasks of world seed 99)
+    # one shared start (an SFT warm start, then the 96 held-out tasks of world 99)
     assert sum(f"--out {root}/start/setup/policy.tmp" in ln for ln in lines) == 1
     assert any("--seed 99 tasks builtin --per-skill 12" in ln and "start/setup/heldout.jsonl" in ln for ln in lines)
     runs = [ln for ln in lines if "-o install loop" in ln and "RUN=" in ln and "/start" not in ln.split("RUN=")[1].split()[0]]

@@ -368,8 +368,8 @@ def test_synthesize_with_a_served_teacher_on_builtin_and_bfcl(tiny_server, tmp_p
     seed_file = tmp_path / "seeds.jsonl"
     records.write_records(seed_file, seeds, "task")
     plain, out = tmp_path / "plain.jsonl", tmp_path / "teacher.jsonl"
-    assert main(["--quiet", "synthesize", "--seeds", str(seed_file), "--per-seed", "1", "--out", str(plain)]) == 0
-    assert main(["--quiet", "synthesize", "--seeds", str(seed_file), "--per-seed", "1", "--out", str(out),
+    assert main(["--quiet", "synthesize", "--seed-tasks", str(seed_file), "--per-seed", "1", "--out", str(plain)]) == 0
+    assert main(["--quiet", "synthesize", "--seed-tasks", str(seed_file), "--per-seed", "1", "--out", str(out),
                  "--teacher-url", url, "--teacher-model", model, "--teacher-agents", "rewrite,augment",
                  "--teacher-max-tokens", "12", "--paraphrases", "1"]) == 0
     before, after = records.read_all(plain, "task"), records.read_all(out, "task")
@@ -414,7 +414,7 @@ def test_teacher_killed_mid_run_exits_2_with_no_output(tiny_policy, tmp_path):
         seed_file, out = tmp_path / "seeds.jsonl", tmp_path / "out.jsonl"
         records.write_records(seed_file, seed_tasks(per_skill=2), "task")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        run = subprocess.Popen([sys.executable, "-m", "rodscli", "synthesize", "--seeds", str(seed_file), "--per-seed", "2",
+        run = subprocess.Popen([sys.executable, "-m", "rodscli", "synthesize", "--seed-tasks", str(seed_file), "--per-seed", "2",
                                 "--out", str(out), "--teacher-url", url, "--teacher-model", str(tiny_policy),
                                 "--teacher-max-tokens", "8", "--teacher-retries", "1", "--teacher-concurrency", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -438,7 +438,7 @@ def test_without_teacher_url_the_candidates_are_the_template_writers(tmp_path):
     seeds = seed_tasks(per_skill=1)
     seed_file, out = tmp_path / "seeds.jsonl", tmp_path / "out.jsonl"
     records.write_records(seed_file, seeds, "task")
-    assert main(["--quiet", "synthesize", "--seeds", str(seed_file), "--per-seed", "2", "--out", str(out)]) == 0
+    assert main(["--quiet", "synthesize", "--seed-tasks", str(seed_file), "--per-seed", "2", "--out", str(out)]) == 0
     seeds = records.read_all(seed_file, "task")
     lib, stats = synthesize(seeds, seeds, SynthesizeOptions(per_seed=2))
     assert "teacher" not in stats and all("teacher" not in t["synthesis"] for t in lib)

@@ -60,44 +60,21 @@ def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, s
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        import typer
-
         own = inspect.signature(command)
         own_hints = typing.get_type_hints(command)
         params = [p.replace(annotation=own_hints.get(p.name, p.annotation))
                   for p in own.parameters.values() if p.name != into]
         taken = {p.name for p in params}
         for f in fields:
-            name = param_of[f.name]
-            if name in taken:
-                raise TypeError(f"{command.__name__}: option {name!r} is declared twice")
+            if param_of[f.name] in taken:
+                raise TypeError(f"{command.__name__}: option {param_of[f.name]!r} is declared twice")
             cli_name = prefix + f.name.replace("_", "-")
             names = flags.get(f.name) or ((f"--{cli_name}/--no-{cli_name}",) if hints[f.name] is bool else (f"--{cli_name}",))
-            default, annotation = field_default(cls, f.name), hints[f.name]
-            if "join" in f.metadata:
-                default, annotation = [default], list[str]
-            params.append(inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                default=typer.Option(default, *names, help=f.metadata.get("help", ""), callback=callbacks.get(f.name))))
-            if f.name in aliases:
-                params.append(inspect.Parameter(
-                    name + "_alias", inspect.Parameter.KEYWORD_ONLY, annotation=annotation | None,
-                    default=typer.Option(None, *aliases[f.name], hidden=True, help=f"Old name of {names[0]}.")))
+            params += _field_parameters(cls, f, hints[f.name], param_of[f.name], names, callbacks.get(f.name), aliases.get(f.name))
 
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
-            values = {f.name: kwargs.pop(param_of[f.name]) for f in fields}
-            for f in fields:
-                old = kwargs.pop(param_of[f.name] + "_alias") if f.name in aliases else None
-                if old is not None:  # given under its old name
-                    values[f.name] = old
-            for f in fields:
-                if "join" in f.metadata:
-                    values[f.name] = f.metadata["join"].join(values[f.name])
-            opts = cls(**values)
-            check = getattr(opts, "check", None)
-            if check is not None:
-                check()
+            opts = _checked_options(cls, fields, param_of, set(aliases), kwargs)  # pops the fields' values
             return command(**kwargs, **{into: opts})
 
         del run.__wrapped__  # typer must read the generated signature, not the command's
@@ -106,3 +83,38 @@ def cli_options(cls: type, *, flags: dict[str, tuple[str, ...]] | None = None, s
         return run
 
     return decorate
+
+
+def _field_parameters(cls: type, f: dataclasses.Field, annotation: Any, name: str, names: tuple[str, ...],
+                      callback: Callable[[Any], Any] | None, old_names: tuple[str, ...] | None) -> list[inspect.Parameter]:
+    """The command parameter(s) of field `f`: its typer option, and a hidden one for its old names."""
+    import typer
+
+    default = field_default(cls, f.name)
+    if "join" in f.metadata:
+        default, annotation = [default], list[str]
+    params = [inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+        default=typer.Option(default, *names, help=f.metadata.get("help", ""), callback=callback))]
+    if old_names:
+        params.append(inspect.Parameter(
+            name + "_alias", inspect.Parameter.KEYWORD_ONLY, annotation=annotation | None,
+            default=typer.Option(None, *old_names, hidden=True, help=f"Old name of {names[0]}.")))
+    return params
+
+
+def _checked_options(cls: type, fields: list[dataclasses.Field], param_of: dict[str, str], aliased: set[str],
+                     kwargs: dict[str, Any]) -> Any:
+    """Take the fields' values out of the command's `kwargs`: one `cls` instance, checked."""
+    values = {f.name: kwargs.pop(param_of[f.name]) for f in fields}
+    for f in fields:
+        old = kwargs.pop(param_of[f.name] + "_alias") if f.name in aliased else None
+        if old is not None:  # given under its old name
+            values[f.name] = old
+        if "join" in f.metadata:
+            values[f.name] = f.metadata["join"].join(values[f.name])
+    opts = cls(**values)
+    check = getattr(opts, "check", None)
+    if check is not None:
+        check()
+    return opts

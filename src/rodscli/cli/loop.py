@@ -72,10 +72,11 @@ def detect(
 @cli_options(synth_stage.SynthesizeOptions, skip=("seed",))
 def synthesize(
     out: str = typer.Option(..., "--out", "-o", callback=out_file, help="Candidate tasks (.jsonl, .parquet, or - for JSONL on stdout)."),
-    groups: str = typer.Option(None, "--groups", help="Groups from `rods detect`: the selected ones (by rank) are the seeds."),
-    tasks: str = typer.Option(None, "--tasks", help="Tasks the groups were rolled out on (seeds are looked up here and in --buffer)."),
-    buffer: str = typer.Option(None, "--buffer", help="The current buffer: more tasks to look seeds up in and to check near-duplicates against."),
-    seeds: str = typer.Option(None, "--seeds", help="Synthesize from every task of this file directly (instead of --groups)."),
+    groups: str = typer.Option(None, "--groups", help="Groups from `rods detect`: the selected ones (by rank) are the seed tasks."),
+    tasks: str = typer.Option(None, "--tasks", help="Tasks the groups were rolled out on (seed tasks are looked up here and in --buffer)."),
+    buffer: str = typer.Option(None, "--buffer", help="The current buffer: more tasks to look seed tasks up in and to check near-duplicates against."),
+    seed_tasks: str = typer.Option(None, "--seed-tasks", help="Synthesize from every task of this file directly (instead of --groups)."),
+    old_seed_tasks: str = typer.Option(None, "--seeds", hidden=True, help="Old name of --seed-tasks."),
     opts: synth_stage.SynthesizeOptions = None,
     teacher: TeacherOptions = None,
 ) -> None:
@@ -86,8 +87,9 @@ def synthesize(
     match the seed's profile and are no near-duplicate. Rejections are counted by
     reason on stderr and in the output's provenance.
     """
-    if (groups is None) == (seeds is None):
-        raise RodsError("give exactly one of --groups (with --tasks and/or --buffer) and --seeds", field="--groups")
+    seed_tasks = old_seed_tasks if old_seed_tasks is not None else seed_tasks
+    if (groups is None) == (seed_tasks is None):
+        raise RodsError("give exactly one of --groups (with --tasks and/or --buffer) and --seed-tasks", field="--groups")
     if groups is not None and tasks is None and buffer is None:
         raise RodsError("--groups needs --tasks and/or --buffer to look the selected tasks up in", field="--tasks")
     opts = replace(opts, seed=Globals.seed)
@@ -96,14 +98,14 @@ def synthesize(
         known += records.read_all(tasks, "task", Globals.validate)
     if buffer:
         known += [buffer_stage.task_of(e) for e in records.read_all(buffer, "buffer", Globals.validate)]
-    if seeds is not None:
-        seed_list = records.read_all(seeds, "task", Globals.validate)
+    if seed_tasks is not None:
+        seed_list = records.read_all(seed_tasks, "task", Globals.validate)
         known += seed_list
     else:
         by_id = {t["id"]: t for t in known}
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
     candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
-    inputs = [p for p in (groups, tasks, buffer, seeds) if p]
+    inputs = [p for p in (groups, tasks, buffer, seed_tasks) if p]
     if opts.writer == "llm":  # the model that wrote the turns, and the template it was prompted with
         inputs += [opts.policy, *filter(None, [opts.chat_template])]
     records.write_records(out, candidates, "task", validate=Globals.validate,

@@ -22,14 +22,14 @@ def write_tasks(out: str, tasks: list[dict], what: str, after: str = "", **info:
 
 
 @tasks_app.command("builtin")
-@cli_options(tasks_stage.BuiltinTasksOptions)
+@cli_options(tasks_stage.BuiltinTasksOptions, aliases={"worlds": ("--seeds",)})
 def tasks_builtin(
     out: str = TASK_FILE_OUT,
     opts: tasks_stage.BuiltinTasksOptions = None,
 ) -> None:
-    """Write the built-in domains' seed tasks (deterministic in the global --seed, or --seeds)."""
+    """Write the built-in domains' seed tasks: world --seed (the global one), or each of --worlds."""
     write_tasks(out, tasks_stage.builtin_tasks(opts, seed=Globals.seed), "built-in seed tasks",
-                domain=opts.domain, per_skill=opts.per_skill, seeds=opts.seeds)
+                domain=opts.domain, per_skill=opts.per_skill, worlds=opts.worlds)
 
 
 @tasks_app.command("bfcl")

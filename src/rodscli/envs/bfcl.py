@@ -34,8 +34,10 @@ from rodscli.envs.isolation import Private
 from rodscli.envs.pyclass import ClassEpisode
 from rodscli.errors import InputError, OptionError
 from rodscli.profile import compute_profile
+from rodscli.schemas import SKILLS, skill_order
 
-CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
+# BFCL's multi-turn categories are rods's skill types (schemas/task.json): one list
+CATEGORIES = SKILLS
 
 # bfcl_eval.constants.executable_backend_config: class -> simulator module, class -> func doc file
 _BACKEND = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
@@ -275,7 +277,7 @@ def split_tasks(tasks: list[dict], split: str, seed: int = 0, per_category: int 
     for t in tasks:
         by_skill.setdefault(t["skill"], []).append(t)
     out = []
-    for skill in sorted(by_skill, key=lambda s: CATEGORIES.index(s) if s in CATEGORIES else len(CATEGORIES)):
+    for skill in sorted(by_skill, key=skill_order):
         group = sorted(by_skill[skill], key=_id_number)
         ids = [t["id"] for t in group]
         random.Random(f"{seed}:{skill}").shuffle(ids)
@@ -291,7 +293,7 @@ class BFCLTasksOptions:
     split: str = option("train", help="train: 100 tasks per category (the paper's training set); "
                         "test: the other 100 per category (evaluation); all: all 800.")
     categories: list[str] = option(list(CATEGORIES), help="BFCL multi-turn categories to include "
-                                   "(base, miss_func, miss_param, long_context). Repeat the option or separate by commas.")
+                                   f"({', '.join(CATEGORIES)}). Repeat the option or separate by commas.")
     split_seed: int = option(0, help="Seed of the train/test split: per category, BFCL's tasks in id "
                              "order are shuffled by random.Random(f'{seed}:{category}') and the first "
                              "--per-category are train. The default 0 is the documented split.")

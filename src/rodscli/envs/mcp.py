@@ -157,7 +157,6 @@ async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout
     """Spawn the server, bridge its stdin/stdout to an initialized `ClientSession`. Its
     stderr goes to `log_path`; `stopped["killed"]` says whether rods had to kill it."""
     import anyio
-    import mcp_types
     from mcp.client.session import ClientSession
     from mcp.shared.message import SessionMessage
 
@@ -170,35 +169,10 @@ async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout
     on_process(process)
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
-
-    async def reader() -> None:
-        # newline-delimited JSON-RPC; EOF (the server died) closes the session's read stream
-        async with read_send:
-            buffer = b""
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                async for chunk in process.stdout:
-                    *lines, buffer = (buffer + chunk).split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        try:
-                            msg: SessionMessage | Exception = SessionMessage(
-                                mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-                        except ValueError as exc:
-                            msg = exc
-                        await read_send.send(msg)
-
-    async def writer() -> None:
-        async with write_recv:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                async for message in write_recv:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                    await process.stdin.send(data.encode())
-
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(reader)
-            tg.start_soon(writer)
+            tg.start_soon(_read_messages, process, read_send)
+            tg.start_soon(_write_messages, write_recv, process)
             try:
                 # the handshake may take 3x (a cold start); every later request is bounded in `_request`
                 async with ClientSession(read_recv, write_send, read_timeout_seconds=3 * timeout_s) as session:
@@ -208,15 +182,54 @@ async def _stdio_session(argv: list[str], cwd: str, env: dict[str, str], timeout
             finally:
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(Exception):
-                        await process.stdin.aclose()
-                    await _wait_exit(process, _KILL_GRACE_S)
-                    if process.returncode is None:
-                        stopped["killed"] = True
-                    _kill_group(process.pid)
-                    await _wait_exit(process, _KILL_GRACE_S)
+                    await _stop(process, stopped)
     finally:
         errlog.close()
+
+
+async def _read_messages(process: Any, read_send: Any) -> None:
+    """The server's stdout -> the session: newline-delimited JSON-RPC (a line that does not
+    parse is passed on as its exception); EOF (the server died) closes the session's read stream."""
+    import anyio
+    import mcp_types
+    from mcp.shared.message import SessionMessage
+
+    async with read_send:
+        buffer = b""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            async for chunk in process.stdout:
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    try:
+                        msg: SessionMessage | Exception = SessionMessage(
+                            mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+                    except ValueError as exc:
+                        msg = exc
+                    await read_send.send(msg)
+
+
+async def _write_messages(write_recv: Any, process: Any) -> None:
+    """The session's messages -> the server's stdin, one JSON line each."""
+    import anyio
+
+    async with write_recv:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            async for message in write_recv:
+                data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                await process.stdin.send(data.encode())
+
+
+async def _stop(process: Any, stopped: dict) -> None:
+    """Close the server's stdin, give it a grace period to exit, then kill its process group."""
+    with contextlib.suppress(Exception):
+        await process.stdin.aclose()
+    await _wait_exit(process, _KILL_GRACE_S)
+    if process.returncode is None:
+        stopped["killed"] = True
+    _kill_group(process.pid)
+    await _wait_exit(process, _KILL_GRACE_S)
 
 
 async def _wait_exit(process: Any, timeout_s: float) -> None:

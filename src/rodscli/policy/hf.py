@@ -102,6 +102,41 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
+def _best_starts(jobs: dict[tuple[int, ...], list[int]], own: dict[tuple[int, ...], tuple[int, _Prefix]],
+                 pool: list[_Prefix]) -> dict[tuple[int, ...], _Prefix]:
+    """Each prompt's longest cached prefix: its own episode's, or, when that covers less than
+    half of it, the longest any cache in `pool` shares with it."""
+    starts = {}
+    for want in jobs:
+        n, best = own.get(want, (0, None))
+        if 2 * n < len(want):  # its own history covers little: look at every kept cache
+            as_list = list(want)
+            for p in pool:
+                m = _common_prefix(p.ids, as_list)
+                if m > n:
+                    n, best = m, p
+        starts[want] = best.crop(n) if n else _Prefix([], [])
+    return starts
+
+
+def _next_chunk(jobs: dict[tuple[int, ...], list[int]], starts: dict[tuple[int, ...], _Prefix]) -> list[tuple[int, ...]]:
+    """The prompts of the next forward pass, most new tokens first."""
+    order = sorted(jobs, key=lambda w: len(w) - len(starts[w].ids), reverse=True)
+    first = order[0]
+    if 2 * len(starts[first].ids) < len(first) and len(order) > 1:
+        return [first]  # mostly new: compute it alone, the others may share its prefix
+    # similar numbers of new tokens share a forward pass (padding stays below half)
+    s_max = len(first) - len(starts[first].ids)
+    chunk: list[tuple[int, ...]] = []
+    for want in order:
+        s = len(want) - len(starts[want].ids)
+        width = max(len(starts[w].ids) for w in [*chunk, want]) + s_max
+        if chunk and (2 * s < s_max or (len(chunk) + 1) * s_max * width > _EXTEND_BUDGET):
+            break
+        chunk.append(want)
+    return chunk
+
+
 @functools.cache
 def _growing_layer_class() -> type:
     """A transformers DynamicLayer that writes new KV into spare room at the end of its
@@ -178,9 +213,32 @@ class HFBackend(Backend):
         samples of a task) are computed once. A prompt that shares little with anything kept
         is computed alone first, so that the prompts after it can start from it.
         """
+        out, jobs, own = self._reuse_kept(requests)
+        computed: list[_Prefix] = []
+        while jobs:
+            starts = _best_starts(jobs, own, list(self._kept.values()) + computed)
+            for want in [w for w in jobs if len(starts[w].ids) == len(w)]:
+                # all in another episode's cache (a later sample of a task another episode has
+                # begun): nothing to compute, and a forward pass over 0 new tokens would fail
+                computed.append(starts[want])
+                for i in jobs.pop(want):
+                    out[i] = starts[want]
+            if not jobs:
+                break
+            chunk = _next_chunk(jobs, starts)
+            for want, prefix in zip(chunk, self._extend([starts[w] for w in chunk], [list(w) for w in chunk]), strict=True):
+                computed.append(prefix)
+                for i in jobs.pop(want):
+                    out[i] = prefix
+        return out  # type: ignore[return-value]
+
+    def _reuse_kept(self, requests: list[Request]) -> tuple[list[_Prefix | None], dict[tuple[int, ...], list[int]],
+                                                            dict[tuple[int, ...], tuple[int, _Prefix]]]:
+        """(each request's prefix when its episode's kept KV covers it, else None; the distinct
+        prompts still to compute -> their rows; prompt -> what its episode's kept KV covers)."""
         out: list[_Prefix | None] = [None] * len(requests)
-        jobs: dict[tuple[int, ...], list[int]] = {}  # distinct prompts still to compute -> their rows
-        own: dict[tuple[int, ...], tuple[int, _Prefix]] = {}  # prompt -> what its episode's cache covers
+        jobs: dict[tuple[int, ...], list[int]] = {}
+        own: dict[tuple[int, ...], tuple[int, _Prefix]] = {}
         for i, r in enumerate(requests):
             want = r.prompt_ids[:-1]
             kept = self._kept.get(r.key) if r.key is not None else None
@@ -192,45 +250,7 @@ class HFBackend(Backend):
             jobs.setdefault(key, []).append(i)
             if kept is not None:
                 own[key] = (n, kept)
-        computed: list[_Prefix] = []
-        while jobs:
-            pool = list(self._kept.values()) + computed
-            starts = {}
-            for want in jobs:
-                n, best = own.get(want, (0, None))
-                if 2 * n < len(want):  # its own history covers little: look at every kept cache
-                    as_list = list(want)
-                    for p in pool:
-                        m = _common_prefix(p.ids, as_list)
-                        if m > n:
-                            n, best = m, p
-                starts[want] = best.crop(n) if n else _Prefix([], [])
-            for want in [w for w in jobs if len(starts[w].ids) == len(w)]:
-                # all in another episode's cache (a later sample of a task another episode has
-                # begun): nothing to compute, and a forward pass over 0 new tokens would fail
-                computed.append(starts[want])
-                for i in jobs.pop(want):
-                    out[i] = starts[want]
-            if not jobs:
-                break
-            order = sorted(jobs, key=lambda w: len(w) - len(starts[w].ids), reverse=True)
-            first = order[0]
-            if 2 * len(starts[first].ids) < len(first) and len(order) > 1:
-                chunk = [first]  # mostly new: compute it alone, the others may share its prefix
-            else:  # similar numbers of new tokens share a forward pass (padding stays below half)
-                s_max = len(first) - len(starts[first].ids)
-                chunk = []
-                for want in order:
-                    s = len(want) - len(starts[want].ids)
-                    width = max(len(starts[w].ids) for w in [*chunk, want]) + s_max
-                    if chunk and (2 * s < s_max or (len(chunk) + 1) * s_max * width > _EXTEND_BUDGET):
-                        break
-                    chunk.append(want)
-            for want, prefix in zip(chunk, self._extend([starts[w] for w in chunk], [list(w) for w in chunk]), strict=True):
-                computed.append(prefix)
-                for i in jobs.pop(want):
-                    out[i] = prefix
-        return out  # type: ignore[return-value]
+        return out, jobs, own
 
     def _extend(self, starts: list[_Prefix], wants: list[list[int]]) -> list[_Prefix]:
         """One forward pass: each start's cache (left-padded) plus its new ids (right-padded)."""
@@ -290,26 +310,20 @@ class HFBackend(Backend):
     # -- phase 2: sampling -------------------------------------------------------------
 
     def _generate(self, requests: list[Request], stop_ids: list[int]) -> list[Generation]:
+        """Sample every reply in one batch: each row starts from its prompt's cached prefix
+        (phase 1) and feeds one token per step; finished rows leave the batch once half of it
+        is done, and every episode's KV is kept for its next turn."""
         import torch
 
         n = len(requests)
         if n == 0:
             return []
-        out_ids: list[list[int]] = [[] for _ in range(n)]
-        out_lp: list[list[float]] = [[] for _ in range(n)]
-        stopped = [False] * n
-        dev = self.device
+        out = [Generation([], [], False) for _ in range(n)]
         prefixes = self._prefixes(requests)
         P = max(len(p.ids) for p in prefixes)
         cache = self._batch_cache(prefixes, P)
-        mask = torch.zeros((n, P + 1), dtype=torch.long)
-        for b, p in enumerate(prefixes):
-            mask[b, P - len(p.ids):] = 1
-        mask = mask.to(dev)
-        last_pos = torch.tensor([len(r.prompt_ids) - 1 for r in requests], device=dev)
-        next_ids = torch.tensor([r.prompt_ids[-1] for r in requests], device=dev)
-        gens = [torch.Generator(device=dev).manual_seed(r.seed & 0x7FFF_FFFF_FFFF_FFFF) for r in requests]
-        stop = torch.tensor(stop_ids, device=dev)
+        mask, last_pos, next_ids, gens = self._decode_inputs(requests, prefixes, P)
+        stop = torch.tensor(stop_ids, device=self.device)
         rows = list(range(n))  # request index of each batch row
         active = set(rows)  # requests still generating
         fed = [0] * n  # generated tokens of each request that are in the cache
@@ -317,14 +331,14 @@ class HFBackend(Backend):
         def keep(b: int, i: int) -> None:  # save request i's KV (batch row b) for its next turn
             r = requests[i]
             if r.key is not None:
-                ids = r.prompt_ids + out_ids[i][:fed[i]]
+                ids = r.prompt_ids + out[i].token_ids[:fed[i]]
                 self._kept[r.key] = self._row(cache, b, P - len(prefixes[i].ids), ids)
 
         with torch.inference_mode():
             while True:
                 logits = self._forward(cache, input_ids=next_ids[:, None], attention_mask=mask, position_ids=last_pos[:, None])
                 for i in rows:  # every token sampled so far has now been fed: it is in the cache
-                    fed[i] = len(out_ids[i])
+                    fed[i] = len(out[i].token_ids)
                 # finished rows still in the batch sample too; their draws are discarded
                 next_ids, next_lp = sample_next(logits, self.sampling, [gens[i] for i in rows])
                 ids_list, lp_list = next_ids.tolist(), next_lp.tolist()
@@ -332,11 +346,11 @@ class HFBackend(Backend):
                 for b, i in enumerate(rows):
                     if i not in active:
                         continue
-                    out_ids[i].append(ids_list[b])
-                    out_lp[i].append(lp_list[b])
+                    out[i].token_ids.append(ids_list[b])
+                    out[i].logprobs.append(lp_list[b])
                     if is_stop[b]:
-                        stopped[i] = True
-                    if is_stop[b] or len(out_ids[i]) >= requests[i].max_new_tokens:
+                        out[i].stopped = True
+                    if is_stop[b] or len(out[i].token_ids) >= requests[i].max_new_tokens:
                         active.discard(i)
                 if not active:
                     break
@@ -345,7 +359,7 @@ class HFBackend(Backend):
                     for b, i in enumerate(rows):
                         if i not in active:
                             keep(b, i)
-                    sel = torch.tensor(live, device=dev)
+                    sel = torch.tensor(live, device=self.device)
                     cache.batch_select_indices(sel)
                     mask, last_pos, next_ids = mask[sel], last_pos[sel], next_ids[sel]
                     rows = [rows[b] for b in live]
@@ -353,4 +367,18 @@ class HFBackend(Backend):
                 last_pos = last_pos + 1
         for b, i in enumerate(rows):
             keep(b, i)
-        return [Generation(out_ids[i], out_lp[i], stopped[i]) for i in range(n)]
+        return out
+
+    def _decode_inputs(self, requests: list[Request], prefixes: list[_Prefix], width: int) -> tuple[Any, Any, Any, list[Any]]:
+        """The first decoding step's attention mask (each prefix right-aligned in `width`
+        columns, then the last prompt token), positions and input ids, and each request's generator."""
+        import torch
+
+        dev = self.device
+        mask = torch.zeros((len(requests), width + 1), dtype=torch.long)
+        for b, p in enumerate(prefixes):
+            mask[b, width - len(p.ids):] = 1
+        last_pos = torch.tensor([len(r.prompt_ids) - 1 for r in requests], device=dev)
+        next_ids = torch.tensor([r.prompt_ids[-1] for r in requests], device=dev)
+        gens = [torch.Generator(device=dev).manual_seed(r.seed & 0x7FFF_FFFF_FFFF_FFFF) for r in requests]
+        return mask.to(dev), last_pos, next_ids, gens

@@ -9,9 +9,9 @@ candidates synthesized in it, and writes the buffer and the batch for iteration 
 2. injection: candidates enter as `pending` (trainable from created_iter + 1); pending
    entries whose time has come are activated, at most floor(inject_frac x |active pool|) per
    iteration (at least 1), oldest first (staged injection: the pool never shifts faster);
-3. retirement (synthetic only, seeds are never retired): mastered (EMA > 0.95),
-   unsolvable (EMA < 0.20 after `burn_in` observations), stale (the last `stale_iters`
-   groups had zero reward variance: no GRPO gradient);
+3. retirement (synthetic only, seeds are never retired; off with `retire=False`): mastered
+   (EMA > 0.95), unsolvable (EMA < 0.20 after `burn_in` observations), stale (the last
+   `stale_iters` groups had zero reward variance: no GRPO gradient);
 4. capacity: over `p_max` active synthetic tasks, keep the highest phi (ties: newer
    entry first, then id);
 5. the next batch: priority sampling by phi with a floor weight, so that every active
@@ -43,6 +43,8 @@ class MergeOptions:
     iteration: int = option(0, help="Loop iteration n of the groups and candidates; the next batch is for n + 1.")
     inject_frac: float = option(0.2, help="Staged injection: activate at most this fraction of the active pool per iteration (beta in the paper; --beta is its old name).")
     p_max: int = option(400, help="Cap on active synthetic tasks; over it, the highest phi are kept.")
+    retire: bool = option(True, help="Retire synthetic tasks that are mastered, unsolvable or stale (the thresholds "
+                          "below); --no-retire keeps every one (the no-retire ablation; the --p-max cap still applies).")
     mastered: float = option(0.95, help="Retire a synthetic task whose EMA mean reward is above this (mastered).")
     unsolvable: float = option(0.20, help="Retire a synthetic task whose EMA mean reward is below this after its burn-in (unsolvable).")
     burn_in: int = option(3, help="Observations a synthetic task gets before it may be retired as unsolvable.")
@@ -260,7 +262,8 @@ def merge_buffer(buffer: list[dict], groups: list[dict], candidates: list[dict],
         order.append(e["id"])
     counts: Counter = Counter()
     counts += update_stats(entries, groups, opts)
-    counts += retire(entries, order, opts)
+    if opts.retire:
+        counts += retire(entries, order, opts)
     counts += add_candidates(entries, order, candidates, opts)
     counts += activate(entries, order, opts)
     counts += enforce_capacity(entries, order, opts)

@@ -128,7 +128,26 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     """The fast path, for the usual layout where each group's rows are contiguous (rollouts
     are written group by group): segment reductions with numpy instead of hashing a
     million string keys. None when the layout does not hold (a key appears in two runs, a
-    task's skill/domain/origin varies, null keys or rewards); the caller then hashes.
+    task's skill/domain/origin varies, null keys or rewards); the caller then hashes."""
+    runs = _runs(df, by, other)
+    if runs is None:
+        return None
+    starts, first_rows, mixed_rows = runs
+    n, mean, var, lo, hi = _run_moments(df, starts)
+    return pl.DataFrame({
+        by: first_rows[by],
+        "n": pl.Series(n, dtype=pl.UInt32),
+        "mean": mean, "var": var,
+        "min": lo, "max": hi,
+        "skill": first_rows["skill"], "domain": first_rows["domain"], "origin": first_rows["origin"],
+        "iteration": _run_iterations(df, starts).alias("iteration"),
+        other: _run_other_ids(first_rows[other], starts, mixed_rows).alias(other),
+    })
+
+
+def _runs(df: pl.DataFrame, by: str, other: str) -> tuple[np.ndarray, pl.DataFrame, np.ndarray] | None:
+    """(the first row of each run of equal keys, those rows, the rows where the other id
+    changes inside a run), or None when the layout does not hold.
 
     The checks are whole-column comparisons of every row with the row before it (two
     zero-copy slices of a column, all in one query): a value may change only where the key does."""
@@ -156,8 +175,13 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
     # the runs are maximal (neighbouring keys differ), so sorted keys are distinct
     if not keys.is_sorted() and keys.n_unique() != len(starts):
         return None
+    return starts, first_rows, flags["mixed"].explode().drop_nulls().to_numpy().astype(np.int64) + 1
+
+
+def _run_moments(df: pl.DataFrame, starts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """n, mean, var (population), min and max of the reward over each run."""
     r = df["reward"].to_numpy()
-    n = np.diff(np.append(starts, size))
+    n = np.diff(np.append(starts, df.height))
     if (n == n[0]).all():  # every group has G rows (the usual case)
         rows = pl.col("reward").reshape((-1, int(n[0])))  # a G-wide array column: polars reduces it in one pass each
         lo, hi, total = df.select(rows.arr.min(), rows.arr.max().alias("hi"), rows.arr.sum().alias("sum")).to_numpy().T
@@ -169,30 +193,27 @@ def _runs_stats(df: pl.DataFrame, by: str, other: str) -> pl.DataFrame | None:
         dev = r - np.repeat(mean, n)
         var = np.add.reduceat(dev * dev, starts) / n
         lo, hi = np.minimum.reduceat(r, starts), np.maximum.reduceat(r, starts)
+    return n, mean, var, lo, hi
+
+
+def _run_iterations(df: pl.DataFrame, starts: np.ndarray) -> pl.Series:
+    """The latest iteration of each run (null when none of its rows has one)."""
     it = df["iteration"]
     it_nulls, it_lo, it_hi = it.null_count(), it.min(), it.max()
-    if it_nulls == size or (it_nulls == 0 and it_lo == it_hi):  # one iteration (the usual case), or none
-        iteration = pl.repeat(it_lo, len(starts), dtype=pl.Int64, eager=True)
-    else:
-        lowest = np.iinfo(np.int64).min
-        it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
-        iteration = pl.Series(it_max, dtype=pl.Int64).replace(lowest, None)
-    # the other id is kept when it is the same on every row of the group
-    other_ids = first_rows[other]
-    mixed_rows = flags["mixed"].explode().drop_nulls().to_numpy().astype(np.int64) + 1
-    if len(mixed_rows):
-        kept = np.ones(len(starts), dtype=bool)
-        kept[np.searchsorted(starts, mixed_rows, side="right") - 1] = False
-        other_ids = other_ids.zip_with(pl.Series(kept), pl.repeat(None, len(starts), dtype=pl.String, eager=True))
-    return pl.DataFrame({
-        by: keys,
-        "n": pl.Series(n, dtype=pl.UInt32),
-        "mean": mean, "var": var,
-        "min": lo, "max": hi,
-        "skill": first_rows["skill"], "domain": first_rows["domain"], "origin": first_rows["origin"],
-        "iteration": iteration.alias("iteration"),
-        other: other_ids.alias(other),
-    })
+    if it_nulls == df.height or (it_nulls == 0 and it_lo == it_hi):  # one iteration (the usual case), or none
+        return pl.repeat(it_lo, len(starts), dtype=pl.Int64, eager=True)
+    lowest = np.iinfo(np.int64).min
+    it_max = np.maximum.reduceat(it.fill_null(lowest).to_numpy(), starts)
+    return pl.Series(it_max, dtype=pl.Int64).replace(lowest, None)
+
+
+def _run_other_ids(other_ids: pl.Series, starts: np.ndarray, mixed_rows: np.ndarray) -> pl.Series:
+    """The other id of each run, kept when it is the same on every row of the run (else null)."""
+    if not len(mixed_rows):
+        return other_ids
+    kept = np.ones(len(starts), dtype=bool)
+    kept[np.searchsorted(starts, mixed_rows, side="right") - 1] = False
+    return other_ids.zip_with(pl.Series(kept), pl.repeat(None, len(starts), dtype=pl.String, eager=True))
 
 
 def _hashed_stats(lf: pl.LazyFrame, by: str, other: str) -> pl.DataFrame:

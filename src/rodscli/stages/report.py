@@ -278,20 +278,30 @@ def plot(summaries: list[dict], out: Path) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    made: list[tuple[str, str]] = []
-
     from matplotlib.ticker import MaxNLocator
 
-    def save(fig, name: str, caption: str) -> None:
+    made: list[tuple[str, str]] = []
+    for draw in (_training_plot, _heldout_plot, _zones_buffer_plot, _synthesis_plot):
+        drawn = draw(plt, summaries)
+        if drawn is None:  # nothing of this kind in any run
+            continue
+        fig, name, caption = drawn
         for ax in fig.axes:  # iterations are whole numbers
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         made.append((name, caption))
+    return made
 
-    # 1. informative fraction and training reward, overlaid
+
+def _grid_and_legend(ax: Any, **legend: Any) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(**legend)
+
+
+def _training_plot(plt: Any, summaries: list[dict]) -> tuple[Any, str, str]:
+    """Informative fraction and training reward, the runs overlaid."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for s in summaries:
         xs, ys = _series(s, "informative")
@@ -301,26 +311,29 @@ def plot(summaries: list[dict], out: Path) -> list[tuple[str, str]]:
     axes[0].set(title="Informative groups (non-zero reward variance)", xlabel="iteration", ylabel="fraction of groups", ylim=(-0.02, 1.02))
     axes[1].set(title="Training reward (batch mean)", xlabel="iteration", ylabel="mean reward", ylim=(-0.02, 1.02))
     for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save(fig, "training.png", "Fraction of informative groups and mean training reward per iteration.")
+        _grid_and_legend(ax)
+    return fig, "training.png", "Fraction of informative groups and mean training reward per iteration."
 
-    # 2. held-out success and progress, overlaid
-    if any(s["evals"] for s in summaries):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for s in summaries:
-            xs = [p["iteration"] for p in s["evals"]]
-            axes[0].plot(xs, [p["success"] for p in s["evals"]], marker="o", label=s["name"])
-            axes[1].plot(xs, [p["progress"] for p in s["evals"]], marker="o", label=s["name"])
-        axes[0].set(title="Held-out success (pass@k of outcome)", xlabel="GRPO iterations done", ylabel="success")
-        axes[1].set(title="Held-out progress reward", xlabel="GRPO iterations done", ylabel="progress")
-        for ax in axes:
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        save(fig, "heldout.png", "Held-out success and progress of the policy after each evaluated iteration (0 = the starting policy).")
 
-    # 3. zones and buffer composition, one column per run
+def _heldout_plot(plt: Any, summaries: list[dict]) -> tuple[Any, str, str] | None:
+    """Held-out success and progress, the runs overlaid (None when no run was evaluated)."""
+    if not any(s["evals"] for s in summaries):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for s in summaries:
+        xs = [p["iteration"] for p in s["evals"]]
+        axes[0].plot(xs, [p["success"] for p in s["evals"]], marker="o", label=s["name"])
+        axes[1].plot(xs, [p["progress"] for p in s["evals"]], marker="o", label=s["name"])
+    axes[0].set(title="Held-out success (pass@k of outcome)", xlabel="GRPO iterations done", ylabel="success")
+    axes[1].set(title="Held-out progress reward", xlabel="GRPO iterations done", ylabel="progress")
+    for ax in axes:
+        ax.set_ylim(-0.02, 1.02)
+        _grid_and_legend(ax)
+    return fig, "heldout.png", "Held-out success and progress of the policy after each evaluated iteration (0 = the starting policy)."
+
+
+def _zones_buffer_plot(plt: Any, summaries: list[dict]) -> tuple[Any, str, str]:
+    """Zones of the batch's groups (stacked bars) over buffer composition, one column per run."""
     cols = len(summaries)
     fig, axes = plt.subplots(2, cols, figsize=(5.5 * cols, 7), squeeze=False)
     for j, s in enumerate(summaries):
@@ -339,24 +352,24 @@ def plot(summaries: list[dict], out: Path) -> list[tuple[str, str]]:
             if xs2:
                 ax.plot(xs2, ys2, marker=".", label=label)
         ax.set(title=f"{s['name']}: buffer composition", xlabel="iteration", ylabel="tasks")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    save(fig, "zones_buffer.png", "Zone counts of each iteration's groups, and the replay buffer's composition after each iteration.")
+        _grid_and_legend(ax, fontsize=8)
+    return fig, "zones_buffer.png", "Zone counts of each iteration's groups, and the replay buffer's composition after each iteration."
 
-    # 4. synthesis, when any run synthesized
-    if any(r.get("synth_accepted") for s in summaries for r in s["iterations"]):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for s in summaries:
-            xs, ys = _series(s, "synth_accepted")
-            ax.plot(xs, ys, marker="o", label=f"{s['name']}: accepted")
-            xs, ys = _series(s, "synth_attempted")
-            if xs:
-                ax.plot(xs, ys, linestyle="--", marker=".", label=f"{s['name']}: attempted")
-        ax.set(title="Synthesized candidates per iteration", xlabel="iteration", ylabel="tasks")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        save(fig, "synthesis.png", "Candidates the synthesizer attempted and accepted per iteration.")
-    return made
+
+def _synthesis_plot(plt: Any, summaries: list[dict]) -> tuple[Any, str, str] | None:
+    """Candidates attempted and accepted per iteration (None when no run synthesized)."""
+    if not any(r.get("synth_accepted") for s in summaries for r in s["iterations"]):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for s in summaries:
+        xs, ys = _series(s, "synth_accepted")
+        ax.plot(xs, ys, marker="o", label=f"{s['name']}: accepted")
+        xs, ys = _series(s, "synth_attempted")
+        if xs:
+            ax.plot(xs, ys, linestyle="--", marker=".", label=f"{s['name']}: attempted")
+    ax.set(title="Synthesized candidates per iteration", xlabel="iteration", ylabel="tasks")
+    _grid_and_legend(ax, fontsize=8)
+    return fig, "synthesis.png", "Candidates the synthesizer attempted and accepted per iteration."
 
 
 def _html_table(summary: dict) -> str:

@@ -36,32 +36,37 @@ class BuiltinTasksOptions:
     per_skill: int = option(PER_SKILL, help="Seed tasks per domain and skill type (base, miss_func, miss_param, "
                             "long_context): the default gives 2 x 4 x 60 = 480 tasks.")
     profile: bool = option(True, help="Compute each task's complexity profile Phi (replays the reference).")
-    seeds: str | None = option(None, help="World seeds, e.g. 1-6 or 1,3,8-9: the tasks of each seed in turn "
-                               "(new worlds and stories, ids ending in -s<seed>); default: the global --seed.")
+    worlds: str | None = option(None, help="World numbers, e.g. 1-6 or 1,3,8-9: the tasks of each world in turn "
+                                "(new worlds and stories, ids ending in -s<world>); default: the global --seed.")
+
+    def check(self) -> None:
+        if self.per_skill < 1:
+            raise OptionError(f"--per-skill must be >= 1, got {self.per_skill}", field="--per-skill")
+        if self.worlds is not None:
+            parse_worlds(self.worlds)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`1-6` or `1,3,8-9` -> the seeds in order, each once."""
-    seeds: list[int] = []
+def parse_worlds(text: str) -> list[int]:
+    """`1-6` or `1,3,8-9` -> the world numbers in order, each once."""
+    worlds: list[int] = []
     for item in (part.strip() for part in text.split(",")):
         lo, dash, hi = item.partition("-")
         try:
             first, last = int(lo), int(hi if dash else lo)
         except ValueError:
-            raise OptionError(f"{item!r} is not a seed or a range a-b (e.g. 1-6 or 1,3,8-9)", field="--seeds") from None
+            raise OptionError(f"{item!r} is not a world number or a range a-b (e.g. 1-6 or 1,3,8-9)", field="--worlds") from None
         if first < 0 or last < first:
-            raise OptionError(f"{item!r} is not a range of seeds >= 0", field="--seeds")
-        seeds += range(first, last + 1)
-    return list(dict.fromkeys(seeds))
+            raise OptionError(f"{item!r} is not a range of world numbers >= 0", field="--worlds")
+        worlds += range(first, last + 1)
+    return list(dict.fromkeys(worlds))
 
 
 def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
-    """The built-in domains' seed tasks, deterministic in `seed` (or in each of `opts.seeds`)."""
-    if opts.per_skill < 1:
-        raise OptionError(f"--per-skill must be >= 1, got {opts.per_skill}", field="--per-skill")
-    seeds = parse_seeds(opts.seeds) if opts.seeds is not None else [seed]
-    shown = console.progress(seeds, "seeds") if len(seeds) > 1 else seeds
-    tasks = [t for s in shown for t in seed_tasks(opts.domain, seed=s, per_skill=opts.per_skill)]
+    """The built-in domains' seed tasks, in world `seed` (or in each world of `opts.worlds`)."""
+    opts.check()
+    worlds = parse_worlds(opts.worlds) if opts.worlds is not None else [seed]
+    shown = console.progress(worlds, "worlds") if len(worlds) > 1 else worlds
+    tasks = [t for w in shown for t in seed_tasks(opts.domain, seed=w, per_skill=opts.per_skill)]
     if not opts.profile:
         for task in tasks:
             task["profile"] = None
