@@ -102,7 +102,7 @@ def synthesize(
     else:
         by_id = {t["id"]: t for t in known}
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
-    candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
+    candidates, stats = synth_stage.synthesize(seed_list, known, opts, reporter=console.BARS, teacher=teacher)
     inputs = [p for p in (groups, tasks, buffer, seeds) if p]
     records.write_records(out, candidates, "task", validate=Globals.validate,
                           provenance_info=provenance(inputs, iteration=opts.iteration, synthesis=stats))

@@ -8,6 +8,7 @@ launch computes the same steps and the same shares without talking to the others
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,14 +98,21 @@ def micro_batches(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
     return batches
 
 
+def _passes(seqs: list[Sequence], epochs: int, seed: int, shuffle_first: bool = True) -> Iterator[list[Sequence]]:
+    """`epochs` orders of the sequences: sorted by key, then shuffled by one seeded generator
+    (the first pass too when `shuffle_first`)."""
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        order = sorted(seqs, key=lambda s: s.key)
+        if shuffle_first or epoch > 0:
+            rng.shuffle(order)
+        yield order
+
+
 def grpo_steps(seqs: list[Sequence], cfg: TrainOptions, seed: int) -> list[list[Sequence]]:
     """The optimizer steps of a GRPO update: ppo_epochs passes, each split into mini_batches."""
-    rng = random.Random(seed)
     steps = []
-    for epoch in range(cfg.ppo_epochs):
-        order = sorted(seqs, key=lambda s: s.key)
-        if cfg.mini_batches > 1 or epoch > 0:
-            rng.shuffle(order)
+    for order in _passes(seqs, cfg.ppo_epochs, seed, shuffle_first=cfg.mini_batches > 1):
         n = min(cfg.mini_batches, len(order))
         steps += [order[i::n] for i in range(n)]
     return steps
@@ -112,11 +120,8 @@ def grpo_steps(seqs: list[Sequence], cfg: TrainOptions, seed: int) -> list[list[
 
 def sft_steps(seqs: list[Sequence], cfg: TrainOptions, seed: int) -> list[list[Sequence]]:
     """The optimizer steps of SFT: each epoch shuffled, cut into batches of ~batch_tokens tokens."""
-    rng = random.Random(seed)
     steps = []
-    for _ in range(cfg.epochs):
-        order = sorted(seqs, key=lambda s: s.key)
-        rng.shuffle(order)
+    for order in _passes(seqs, cfg.epochs, seed):
         step: list[Sequence] = []
         tokens = 0
         for s in order:
