@@ -516,11 +516,14 @@ def test_the_library_writes_and_prints_nothing(policy, tmp_path, capsys, monkeyp
     from rodscli import console
 
     monkeypatch.chdir(tmp_path)
+    # transformers' bars on (as a Python caller has them), so that turning them off for good would show
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
     rendered = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "task_id": r["rollout_id"]} for r in batch(seed=2)]
     sft_and_save(policy, rendered, tmp_path / "sft", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
     bars, verbosity = hf_logging.is_progress_bar_enabled(), console.VERBOSITY
+    assert bars
     reporter = Recorder()
     update = T.train_step(tmp_path / "sft", batch(seed=2), T.TrainOptions(lr=1e-3, mini_batches=2), seed=0, reporter=reporter)
     quiet = T.train_step(policy, batch(zero_variance=True), T.TrainOptions(), seed=0)
