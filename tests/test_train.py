@@ -538,6 +538,9 @@ def test_the_library_writes_and_prints_nothing(policy, tmp_path, capsys, monkeyp
     assert update.save(tmp_path / "g1") == tmp_path / "g1"  # saving writes the checkpoint, quietly too
     assert records.read_all(tmp_path / "g1" / "metrics.jsonl", "metrics") == [{k: v for k, v in update.metrics.items() if v is not None}]
     quiet.close()  # let go unsaved: nothing written
+    for spent in (update, quiet):
+        with pytest.raises(RuntimeError, match="already saved or closed"):
+            spent.save(tmp_path / "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "g1"])
     assert capsys.readouterr() == ("", "")
 

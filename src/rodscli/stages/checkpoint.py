@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,12 @@ class Update:
     sharded_model: Any = None  # the FSDP2 module whose optimizer state every process saves sharded
     launch: Any = None  # accelerate's Accelerator or a shard.ShardedLaunch; None: nothing to end
     chat_template: str | None = None  # --chat-template's text: the output's chat template
+    closed: bool = field(default=False, init=False)  # saved or let go: the model is gone
 
     def save(self, out: str | Path, provenance_info: dict | None = None, validate: bool = True) -> Path:
         """Write the checkpoint folder `out` (metrics.jsonl with `provenance_info`), then end the launch."""
+        if self.closed:  # its model is gone: a second save would pass the input's weights on as this update
+            raise RuntimeError("this Update was already saved or closed")
         out = Path(out)
         try:
             stage = None
@@ -146,7 +149,7 @@ class Update:
 
     def close(self) -> None:
         """End the launch this update started (a launcher's process group is the caller's to end)."""
-        launch, self.launch = self.launch, None
+        launch, self.launch, self.closed = self.launch, None, True
         self.model = self.optimizer = self.sharded_model = None
         if launch is not None:
             getattr(launch, "close", lambda: None)()
