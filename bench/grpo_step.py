@@ -111,7 +111,9 @@ def main() -> None:
             for state in args.states:
                 out = Path(tmp) / f"{state}-{lr:g}"
                 cfg = T.TrainOptions(lr=lr, temperature=args.temperature, adv_scale=args.adv_scale, optimizer_state=state)
-                m = T.train_step(args.policy, scored, out, cfg, seed=0, validate=False)
+                update = T.train_step(args.policy, scored, cfg, seed=0)
+                update.save(out, validate=False)
+                m = update.metrics
                 lp1 = torch.stack([a.mean() for a in sequence_logprobs(out, seqs, args.temperature)])
                 d = lp1 - lp0
                 dj = float((adv * d).mean())
@@ -126,7 +128,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "half"
             cfg = T.TrainOptions(lr=args.transfer, temperature=args.temperature, adv_scale=args.adv_scale, optimizer_state="fresh")
-            T.train_step(args.policy, [r for r in scored if r["rollout_id"].rsplit("/", 1)[0] in half], out, cfg, seed=0, validate=False)
+            T.train_step(args.policy, [r for r in scored if r["rollout_id"].rsplit("/", 1)[0] in half], cfg, seed=0).save(out, validate=False)
             d = torch.stack([a.mean() for a in sequence_logprobs(out, seqs, args.temperature)]) - lp0
         seen, unseen = float((adv * d)[in_a].mean()), float((adv * d)[~in_a].mean())
         print(f"transfer at lr {args.transfer:g}: a step on {len(half)} groups: dJ on them {seen:+.3e}, "

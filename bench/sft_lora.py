@@ -43,7 +43,9 @@ def main() -> None:
         for name, lora_r in (("full", 0), ("lora", args.lora_r)):
             cfg = T.TrainOptions(mode="sft", epochs=1, batch_tokens=args.batch_tokens, lora_r=lora_r, schedule="constant")
             c = time.process_time()
-            metrics = T.sft(policy, rendered, Path(tmp) / name, cfg, seed=0, validate=False)
+            update = T.sft(policy, rendered, cfg, seed=0)
+            update.save(Path(tmp) / name, validate=False)
+            metrics = update.metrics
             runs[name] = {"tokens": metrics["tokens"], "seconds": round(metrics["time_s"], 2),
                           "tokens_per_s": round(metrics["tokens_per_s"], 1), "cpu_seconds": round(time.process_time() - c, 2),
                           "optimizer_steps": metrics["extra"]["optimizer_steps"]}

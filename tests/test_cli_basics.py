@@ -59,3 +59,43 @@ def test_progress_in_a_log_is_plain_lines(capsys, monkeypatch):
     monkeypatch.setattr(console, "VERBOSITY", 0)  # --quiet: nothing
     assert list(console.progress(range(2), "quiet")) == [0, 1]
     assert capsys.readouterr().err == ""
+
+
+def test_library_code_reports_only_through_its_reporter():
+    """The CLI/library line (docs/architecture.md section 1): outside cli/ and console.py no module
+    imports the console, prints, or lowers the verbosity; the one global warning filter rods
+    needs is set inside a catch_warnings block."""
+    import re
+    from pathlib import Path
+
+    import rodscli
+
+    root = Path(rodscli.__file__).parent
+    checked = 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "cli" or rel.name == "console.py":
+            continue
+        text = path.read_text()
+        checked += 1
+        imports = r"^\s*(from rodscli import [^\n]*\bconsole\b|import rodscli\.console|from rodscli\.console import)"
+        assert not re.search(imports, text, re.M) and not re.search(r"(?<![\w.])print\(|VERBOSITY", text), rel
+        if "filterwarnings(" in text:
+            assert "catch_warnings()" in text, rel
+    assert checked > 50
+
+
+def test_the_cli_reporter_draws_bars_and_warnings(capsys, monkeypatch):
+    from rodscli import console
+    from rodscli.reporter import Silent
+
+    monkeypatch.setattr(console, "LOG_EVERY_S", 3600.0)
+    assert list(console.BARS.track(iter("ab"), "steps", total=2, status=lambda: "loss 1")) == ["a", "b"]
+    console.BARS.warn("odd [input]")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("steps: 2/2 (100%)") and err[0].endswith("loss 1")
+    assert err[1] == "warning: odd [input]"  # plain text: no rich markup is read in it
+    silent = Silent()
+    assert list(silent.track([1, 2], "x")) == [1, 2]
+    silent.warn("kept")
+    assert silent.warnings == ["kept"] and capsys.readouterr() == ("", "")

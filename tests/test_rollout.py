@@ -18,6 +18,7 @@ from rodscli.envs.builtin import seed_tasks
 from rodscli.errors import BackendError
 from rodscli.policy.base import Backend, Generation, Request, load_tokenizer
 from rodscli.policy.chat import ChatFormat, format_tool_call
+from rodscli.reporter import Silent
 from rodscli.stages.rollout import RolloutOptions, iter_rollouts, load_backend, rollout
 
 # short replies keep the CPU run quick; every episode still takes several turns
@@ -281,10 +282,11 @@ def test_a_prompt_that_leaves_no_room_warns_once_per_task(fmt):
     task = twenty_tasks()[0]
     (first,) = rollout([task], Scripted(fmt.tokenizer, ["Done."]), RolloutOptions(group_size=1))
     prompt = first["loss_mask"].index(1)
-    warnings: list[str] = []
+    reporter = Silent()
+    warnings = reporter.warnings
     # no room at all: the episodes end max_tokens with no model token, and say why once
     opts = RolloutOptions(group_size=3, max_tokens=prompt, max_new_tokens=64)
-    recs = list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, on_warning=warnings.append))
+    recs = list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, reporter=reporter))
     assert [r["finish_reason"] for r in recs] == ["max_tokens"] * 3 and all(r["n_model_tokens"] == 0 for r in recs)
     assert len(warnings) == 1
     assert f"is {prompt} tokens" in warnings[0] and "leaves no room" in warnings[0]
@@ -292,11 +294,22 @@ def test_a_prompt_that_leaves_no_room_warns_once_per_task(fmt):
     # some room, less than --max-new-tokens: a warning, and the replies run
     opts = RolloutOptions(group_size=1, max_tokens=prompt + 20, max_new_tokens=64)
     warnings.clear()
-    (rec,) = iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, on_warning=warnings.append)
+    (rec,) = iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), opts, reporter=reporter)
     assert rec["n_model_tokens"] > 0 and len(warnings) == 1 and "fewer than --max-new-tokens 64" in warnings[0]
     warnings.clear()
-    list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), RolloutOptions(group_size=1), on_warning=warnings.append))
+    list(iter_rollouts([task], Scripted(fmt.tokenizer, ["Done."]), RolloutOptions(group_size=1), reporter=reporter))
     assert warnings == []
+    # rollout() counts the episodes on the reporter it is given (the CLI's draws the bar)
+    counted = []
+
+    class Counting(Silent):
+        def track(self, items, description, total=None, status=None):
+            for item in items:
+                counted.append((description, total))
+                yield item
+
+    assert len(rollout([task], Scripted(fmt.tokenizer, ["Done."] * 2), RolloutOptions(group_size=2), reporter=Counting())) == 2
+    assert counted == [("rollout", 2)] * 2
 
 
 def test_the_prompt_room_warning_reaches_the_cli(tiny_policy, task_file, tmp_path, capsys):

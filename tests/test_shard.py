@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import batch, tiny_llama, weights_of
+from test_train import batch, sft_and_save, tiny_llama, train_and_save, weights_of
 from transformers import AutoModelForCausalLM
 
 from rodscli import records
@@ -81,7 +81,7 @@ def test_two_sharded_processes_give_the_single_process_update_and_resume(tmp_pat
     run = torchrun(["--seed", "4", "train-step", "--policy", str(policy), "--scored", "b.jsonl", "--out", "f1", "--shard", "full", *opts], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("-> f1") == 1  # only rank 0 reports
-    one = T.train_step(policy, scored, tmp_path / "one1", cfg, seed=4)
+    one = train_and_save(policy, scored, tmp_path / "one1", cfg, seed=4)
     sharded = metrics_of(tmp_path / "f1")
     assert sharded["extra"]["processes"] == 2 and sharded["extra"]["shard"] == "full"
     assert sharded["loss"] == pytest.approx(one["loss"], rel=1e-5) and sharded["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
@@ -95,11 +95,11 @@ def test_two_sharded_processes_give_the_single_process_update_and_resume(tmp_pat
     assert sum(half.values()) <= 0.55 * sum(full_bytes.values())
 
     # step 2 from the sharded AdamW state, on 2 processes and on 1: the uninterrupted 2-step run
-    both = T.train_step(policy, scored, tmp_path / "both", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, ppo_epochs=2), seed=4)
+    both = train_and_save(policy, scored, tmp_path / "both", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, ppo_epochs=2), seed=4)
     run = torchrun(["--seed", "4", "train-step", "--policy", "f1", "--scored", "b.jsonl", "--out", "f2", "--shard", "full", *opts], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    alone = T.train_step(tmp_path / "f1", scored, tmp_path / "g2", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, shard="full"), seed=4)
-    unsharded = T.train_step(tmp_path / "f1", scored, tmp_path / "u2", cfg, seed=4)
+    alone = train_and_save(tmp_path / "f1", scored, tmp_path / "g2", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, shard="full"), seed=4)
+    unsharded = train_and_save(tmp_path / "f1", scored, tmp_path / "u2", cfg, seed=4)
     for ckpt, m in (("f2", metrics_of(tmp_path / "f2")), ("g2", alone), ("u2", unsharded)):
         assert m["extra"]["optimizer_restored"] and m["step"] == both["step"] == 2, ckpt
         assert_same_weights(tmp_path / ckpt, tmp_path / "both")
@@ -108,7 +108,7 @@ def test_two_sharded_processes_give_the_single_process_update_and_resume(tmp_pat
     fresh = tmp_path / "f1_fresh"
     subprocess.run(["cp", "-r", str(tmp_path / "f1"), str(fresh)], check=True)
     subprocess.run(["rm", "-r", str(fresh / T.OPTIMIZER_DIR)], check=True)
-    T.train_step(fresh, scored, tmp_path / "x2", T.TrainOptions(lr=1e-3, shard="full"), seed=4)
+    train_and_save(fresh, scored, tmp_path / "x2", T.TrainOptions(lr=1e-3, shard="full"), seed=4)
     assert not torch.allclose(weights_of(tmp_path / "x2")["lm_head.weight"], weights_of(tmp_path / "both")["lm_head.weight"], rtol=1e-5, atol=1e-6)
 
 
@@ -123,7 +123,7 @@ def test_sharded_sft_gives_the_single_process_update(tiny_policy, tmp_path):
                     "--shard", "full", "--activation-checkpointing", *opts], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     cfg = T.TrainOptions(mode="sft", epochs=1, lr=1e-3, batch_tokens=4096, micro_batch_tokens=1024)
-    one = T.sft(tiny_policy, T.render_tasks(tiny_policy, tasks), tmp_path / "sft1", cfg, seed=1)
+    one = sft_and_save(tiny_policy, T.render_tasks(tiny_policy, tasks), tmp_path / "sft1", cfg, seed=1)
     assert metrics_of(tmp_path / "sft2")["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert_same_weights(tmp_path / "sft2", tmp_path / "sft1")
     assert (tmp_path / "sft2" / "tokenizer.json").read_bytes() == (tiny_policy / "tokenizer.json").read_bytes()
@@ -139,7 +139,7 @@ def test_two_nodes_hybrid_lora_with_kl(tmp_path):
     runs = two_nodes(["--seed", "2", "train-step", "--policy", str(policy), "--scored", "b.jsonl", "--out", "h1", "--shard", "hybrid", *opts], tmp_path)
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
     cfg = T.TrainOptions(lr=1e-3, mini_batches=2, kl_coef=0.1, lora_r=4)
-    one = T.train_step(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", cfg, seed=2)
+    one = train_and_save(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", cfg, seed=2)
     m = metrics_of(tmp_path / "h1")
     assert m["extra"]["processes"] == 2 and m["extra"]["shard"] == "hybrid" and m["kl"] == pytest.approx(one["kl"], rel=1e-4, abs=1e-9)
     assert_same_weights(tmp_path / "h1", tmp_path / "one")  # merged LoRA: plain weights
@@ -156,7 +156,7 @@ def test_accelerate_launch_shards_too(tmp_path):
     run = launch_two_processes(["--seed", "1", "train-step", "--policy", str(policy), "--scored", "b.jsonl", "--out", "a1",
                                 "--shard", "full", "--lr", "1e-3"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    T.train_step(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", T.TrainOptions(lr=1e-3), seed=1)
+    train_and_save(policy, records.read_all(tmp_path / "b.jsonl", "scored"), tmp_path / "one", T.TrainOptions(lr=1e-3), seed=1)
     assert metrics_of(tmp_path / "a1")["extra"]["processes"] == 2
     assert_same_weights(tmp_path / "a1", tmp_path / "one")
 
@@ -177,17 +177,21 @@ def test_lockstep_pads_only_sharded_launches():
 
 
 def test_one_process_shard_full_equals_unsharded_and_leaves_no_process_group(tmp_path):
+    import warnings
+
     import torch.distributed as dist
 
     policy = tiny_llama(tmp_path / "p0")
     scored = batch(seed=3)
-    T.train_step(policy, scored, tmp_path / "none", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, activation_checkpointing=True), seed=0)
-    m = T.train_step(policy, scored, tmp_path / "full", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, shard="full"), seed=0)
+    train_and_save(policy, scored, tmp_path / "none", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, activation_checkpointing=True), seed=0)
+    filters = list(warnings.filters)
+    m = train_and_save(policy, scored, tmp_path / "full", T.TrainOptions(lr=1e-3, micro_batch_tokens=40, shard="full"), seed=0)
     assert m["extra"]["processes"] == 1 and not dist.is_initialized()
+    assert warnings.filters == filters  # the update silenced FSDP2's view warning inside itself only
     assert_same_weights(tmp_path / "none", tmp_path / "full")
     # a step from an unsharded checkpoint (optimizer.pt) restores its AdamW state into the shards
-    a = T.train_step(tmp_path / "none", scored, tmp_path / "none2", T.TrainOptions(lr=1e-3), seed=0)
-    b = T.train_step(tmp_path / "none", scored, tmp_path / "full2", T.TrainOptions(lr=1e-3, shard="full"), seed=0)
+    a = train_and_save(tmp_path / "none", scored, tmp_path / "none2", T.TrainOptions(lr=1e-3), seed=0)
+    b = train_and_save(tmp_path / "none", scored, tmp_path / "full2", T.TrainOptions(lr=1e-3, shard="full"), seed=0)
     assert a["extra"]["optimizer_restored"] and b["extra"]["optimizer_restored"]
     assert_same_weights(tmp_path / "none2", tmp_path / "full2")
 

@@ -70,6 +70,19 @@ def batch(groups: int = 3, size: int = 4, seed: int = 0, zero_variance: bool = F
     return out
 
 
+def train_and_save(policy, scored: list[dict], out: Path, cfg: T.TrainOptions, seed: int = 0) -> dict:
+    """A GRPO update saved as the CLI saves it: the checkpoint at `out`; returns the metrics record."""
+    update = T.train_step(policy, scored, cfg, seed=seed)
+    update.save(out)
+    return update.metrics
+
+
+def sft_and_save(policy, rendered: list[dict], out: Path, cfg: T.TrainOptions, seed: int = 0) -> dict:
+    update = T.sft(policy, rendered, cfg, seed=seed)
+    update.save(out)
+    return update.metrics
+
+
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
@@ -227,7 +240,7 @@ def test_steps_raise_positive_and_lower_negative_completions(policy, tmp_path):
     current = policy
     for step in range(4):
         out = tmp_path / f"p{step + 1}"
-        metrics = T.train_step(current, scored, out, cfg, seed=0)
+        metrics = train_and_save(current, scored, out, cfg, seed=0)
         current = out
     assert metrics["step"] == 4 and metrics["extra"]["optimizer_restored"] is True
     after = [completion_logprob(current, r) for r in scored]
@@ -238,8 +251,8 @@ def test_steps_raise_positive_and_lower_negative_completions(policy, tmp_path):
 def test_same_inputs_and_seed_give_identical_weights(policy, tmp_path):
     scored = batch(seed=4)
     cfg = T.TrainOptions(lr=1e-3, ppo_epochs=2, mini_batches=2, micro_batch_tokens=80)
-    T.train_step(policy, scored, tmp_path / "a", cfg, seed=5)
-    T.train_step(policy, scored, tmp_path / "b", cfg, seed=5)
+    train_and_save(policy, scored, tmp_path / "a", cfg, seed=5)
+    train_and_save(policy, scored, tmp_path / "b", cfg, seed=5)
     a, b = weights_of(tmp_path / "a"), weights_of(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["lm_head.weight"], weights_of(policy)["lm_head.weight"])
@@ -252,9 +265,9 @@ def test_optimizer_state_carries_over_to_the_next_step(policy, tmp_path):
     # batch, only if the second step resumes AdamW's moments and step count from the checkpoint
     scored = batch(seed=14)
     cfg = T.TrainOptions(lr=1e-2)
-    both = T.train_step(policy, scored, tmp_path / "both", T.TrainOptions(lr=1e-2, ppo_epochs=2), seed=0)
-    first = T.train_step(policy, scored, tmp_path / "s1", cfg, seed=0)
-    second = T.train_step(tmp_path / "s1", scored, tmp_path / "s2", cfg, seed=0)
+    both = train_and_save(policy, scored, tmp_path / "both", T.TrainOptions(lr=1e-2, ppo_epochs=2), seed=0)
+    first = train_and_save(policy, scored, tmp_path / "s1", cfg, seed=0)
+    second = train_and_save(tmp_path / "s1", scored, tmp_path / "s2", cfg, seed=0)
     assert (first["extra"]["optimizer_restored"], second["extra"]["optimizer_restored"]) == (False, True)
     assert second["step"] == both["step"] == 2
     saved = torch.load(tmp_path / "s2" / T.OPTIMIZER_FILE, weights_only=True)
@@ -264,14 +277,14 @@ def test_optimizer_state_carries_over_to_the_next_step(policy, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     # a fresh optimizer on the second step (AdamW step 1 again) lands elsewhere
     (tmp_path / "s1" / T.OPTIMIZER_FILE).unlink()
-    T.train_step(tmp_path / "s1", scored, tmp_path / "fresh", cfg, seed=0)
+    train_and_save(tmp_path / "s1", scored, tmp_path / "fresh", cfg, seed=0)
     assert not torch.allclose(weights_of(tmp_path / "fresh")["lm_head.weight"], b["lm_head.weight"], rtol=1e-5, atol=1e-6)
 
 
 def test_micro_batching_does_not_change_the_update(policy, tmp_path):
     scored = batch(seed=6)
-    T.train_step(policy, scored, tmp_path / "one", T.TrainOptions(lr=1e-3, micro_batch_tokens=100000), seed=0)
-    T.train_step(policy, scored, tmp_path / "many", T.TrainOptions(lr=1e-3, micro_batch_tokens=16), seed=0)
+    train_and_save(policy, scored, tmp_path / "one", T.TrainOptions(lr=1e-3, micro_batch_tokens=100000), seed=0)
+    train_and_save(policy, scored, tmp_path / "many", T.TrainOptions(lr=1e-3, micro_batch_tokens=16), seed=0)
     one, many = weights_of(tmp_path / "one"), weights_of(tmp_path / "many")
     for k in one:
         torch.testing.assert_close(one[k], many[k], rtol=1e-5, atol=1e-6)
@@ -317,16 +330,16 @@ def test_bad_lengths_are_a_user_error(policy, tmp_path):
     bad = batch(groups=1, size=2)
     bad[1]["logprobs"] = bad[1]["logprobs"][:-1]
     with pytest.raises(InputError, match="differ in length"):
-        T.train_step(policy, bad, tmp_path / "x", T.TrainOptions())
+        train_and_save(policy, bad, tmp_path / "x", T.TrainOptions())
     with pytest.raises(OptionError):
-        T.train_step(policy, bad, tmp_path / "x", T.TrainOptions(adv_scale="bogus"))
+        train_and_save(policy, bad, tmp_path / "x", T.TrainOptions(adv_scale="bogus"))
 
 
 def test_sft_raises_the_likelihood_of_reference_tokens(policy, tmp_path):
     rendered = [{"task_id": r["task_id"] + str(r["sample_index"]), "token_ids": r["token_ids"], "loss_mask": r["loss_mask"]}
                 for r in batch(groups=2, size=2, seed=9)]
     before = sum(completion_logprob(policy, r) for r in rendered)
-    metrics = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=5, lr=1e-2, batch_tokens=40), seed=0)
+    metrics = sft_and_save(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=5, lr=1e-2, batch_tokens=40), seed=0)
     assert metrics["mode"] == "sft" and metrics["step"] >= 5 and metrics["clip_frac_low"] is None
     losses = metrics["extra"]["losses"]  # one per optimizer step: the learning curve
     assert len(losses) == metrics["extra"]["optimizer_steps"] and metrics["loss"] == pytest.approx(sum(losses) / len(losses))
@@ -357,20 +370,20 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 def test_sft_follows_the_cosine_schedule_and_grpo_keeps_a_constant_rate(policy, tmp_path):
     rendered = [{"task_id": r["task_id"] + str(r["sample_index"]), "token_ids": r["token_ids"], "loss_mask": r["loss_mask"]}
                 for r in batch(groups=2, size=2, seed=9)]
-    sft = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=10, lr=1e-2, batch_tokens=40, warmup=0.2), seed=0)
+    sft = sft_and_save(policy, rendered, tmp_path / "sft", T.TrainOptions(epochs=10, lr=1e-2, batch_tokens=40, warmup=0.2), seed=0)
     lrs = sft["extra"]["lrs"]
     assert sft["extra"]["schedule"] == "cosine" and len(lrs) == sft["extra"]["optimizer_steps"] >= 10
     assert lrs[0] < 1e-2 and max(lrs) == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-3)
-    grpo_metrics = T.train_step(policy, batch(seed=10), tmp_path / "grpo", T.TrainOptions(lr=1e-3, mini_batches=3), seed=0)
+    grpo_metrics = train_and_save(policy, batch(seed=10), tmp_path / "grpo", T.TrainOptions(lr=1e-3, mini_batches=3), seed=0)
     assert grpo_metrics["extra"]["schedule"] == "constant" and grpo_metrics["extra"]["lrs"] == [1e-3] * 3
     with pytest.raises(OptionError, match="--schedule"):
-        T.sft(policy, rendered, tmp_path / "bad", T.TrainOptions(schedule="linear"), seed=0)
+        sft_and_save(policy, rendered, tmp_path / "bad", T.TrainOptions(schedule="linear"), seed=0)
     with pytest.raises(OptionError, match="--warmup"):
-        T.sft(policy, rendered, tmp_path / "bad", T.TrainOptions(warmup=1.5), seed=0)
+        sft_and_save(policy, rendered, tmp_path / "bad", T.TrainOptions(warmup=1.5), seed=0)
 
 
 def test_lora_update_is_merged_into_plain_weights(policy, tmp_path):
-    metrics = T.train_step(policy, batch(seed=10), tmp_path / "lora", T.TrainOptions(lr=1e-2, lora_r=4), seed=0)
+    metrics = train_and_save(policy, batch(seed=10), tmp_path / "lora", T.TrainOptions(lr=1e-2, lora_r=4), seed=0)
     assert metrics["updated"] and metrics["extra"]["lora_r"] == 4
     base, tuned = weights_of(policy), weights_of(tmp_path / "lora")
     assert set(base) == set(tuned)  # merged: no adapter keys, loads as the plain architecture
@@ -410,8 +423,8 @@ def test_two_gloo_processes_give_the_single_process_update(policy, tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         assert run.stderr.count(f"-> {out}") == 1  # only the main process reports
     cfg1 = T.TrainOptions(lr=1e-3, mini_batches=2, micro_batch_tokens=40, kl_coef=0.1)
-    one1 = T.train_step(policy, first, tmp_path / "one1", cfg1, seed=4)
-    one2 = T.train_step(tmp_path / "one1", second, tmp_path / "one2", T.TrainOptions(lr=1e-3, mini_batches=3), seed=4)
+    one1 = train_and_save(policy, first, tmp_path / "one1", cfg1, seed=4)
+    one2 = train_and_save(tmp_path / "one1", second, tmp_path / "one2", T.TrainOptions(lr=1e-3, mini_batches=3), seed=4)
     for ddp, one, single in (("ddp1", "one1", one1), ("ddp2", "one2", one2)):
         [metrics] = records.read_all(tmp_path / ddp / "metrics.jsonl", "metrics")
         assert metrics["extra"]["processes"] == 2 and single["extra"]["processes"] == 1
@@ -451,7 +464,7 @@ def test_a_sharded_launch_is_refused_with_a_clear_error(policy, tmp_path, monkey
     (it would build the optimizer its own way); the error points to --shard full (FSDP2)."""
     monkeypatch.setenv(flag, "true")
     with pytest.raises(OptionError, match="--multi_gpu.*--shard full"):
-        T.train_step(policy, batch(seed=10), tmp_path / "out", T.TrainOptions(lr=1e-3), seed=0)
+        train_and_save(policy, batch(seed=10), tmp_path / "out", T.TrainOptions(lr=1e-3), seed=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -460,19 +473,131 @@ def test_optimizer_state_is_fresh_when_the_mode_changes(policy, tmp_path):
     GRPO after GRPO, and SFT after SFT, go on with the saved moments; restore and fresh force it."""
     scored = batch(seed=21)
     rendered = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "task_id": r["rollout_id"]} for r in scored]
-    sft = T.sft(policy, rendered, tmp_path / "sft", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
+    sft = sft_and_save(policy, rendered, tmp_path / "sft", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
     assert sft["extra"]["optimizer_restored"] is False and (tmp_path / "sft" / T.OPTIMIZER_FILE).exists()
-    sft2 = T.sft(tmp_path / "sft", rendered, tmp_path / "sft2", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
+    sft2 = sft_and_save(tmp_path / "sft", rendered, tmp_path / "sft2", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
     assert sft2["extra"]["optimizer_restored"] is True
-    g1 = T.train_step(tmp_path / "sft", scored, tmp_path / "g1", T.TrainOptions(lr=1e-3), seed=0)
+    g1 = train_and_save(tmp_path / "sft", scored, tmp_path / "g1", T.TrainOptions(lr=1e-3), seed=0)
     assert g1["extra"]["optimizer_restored"] is False
     saved = torch.load(tmp_path / "g1" / T.OPTIMIZER_FILE, weights_only=True)
     assert {int(v["step"]) for v in saved["state"].values()} == {1}  # AdamW's count starts again
-    assert T.train_step(tmp_path / "g1", scored, tmp_path / "g2", T.TrainOptions(lr=1e-3), seed=0)["extra"]["optimizer_restored"] is True
-    forced = T.train_step(tmp_path / "sft", scored, tmp_path / "g1r", T.TrainOptions(lr=1e-3, optimizer_state="restore"), seed=0)
+    assert train_and_save(tmp_path / "g1", scored, tmp_path / "g2", T.TrainOptions(lr=1e-3), seed=0)["extra"]["optimizer_restored"] is True
+    forced = train_and_save(tmp_path / "sft", scored, tmp_path / "g1r", T.TrainOptions(lr=1e-3, optimizer_state="restore"), seed=0)
     assert forced["extra"]["optimizer_restored"] is True
     assert not torch.equal(weights_of(tmp_path / "g1")["lm_head.weight"], weights_of(tmp_path / "g1r")["lm_head.weight"])
-    fresh = T.train_step(tmp_path / "g1", scored, tmp_path / "g2f", T.TrainOptions(lr=1e-3, optimizer_state="fresh"), seed=0)
+    fresh = train_and_save(tmp_path / "g1", scored, tmp_path / "g2f", T.TrainOptions(lr=1e-3, optimizer_state="fresh"), seed=0)
     assert fresh["extra"]["optimizer_restored"] is False
     with pytest.raises(OptionError):
         T.TrainOptions(optimizer_state="keep").check()
+
+
+# ---------------------------------------------------------------------------------------
+# the library/CLI line: the library returns an Update, the CLI writes and prints
+
+
+class Recorder:
+    """A Reporter that records what it was given."""
+
+    def __init__(self):
+        self.tracked, self.warnings = [], []
+
+    def track(self, items, description, total=None, status=None):
+        for item in items:
+            yield item
+            self.tracked.append((description, status() if status else ""))
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def test_the_library_writes_and_prints_nothing(policy, tmp_path, capsys, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from rodscli import console
+
+    monkeypatch.chdir(tmp_path)
+    # transformers' bars on (as a Python caller has them), so that turning them off for good would show
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
+    rendered = [{"token_ids": r["token_ids"], "loss_mask": r["loss_mask"], "task_id": r["rollout_id"]} for r in batch(seed=2)]
+    sft_and_save(policy, rendered, tmp_path / "sft", T.TrainOptions(lr=1e-2, epochs=1, batch_tokens=64), seed=0)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), console.VERBOSITY
+    assert bars
+    reporter = Recorder()
+    update = T.train_step(tmp_path / "sft", batch(seed=2), T.TrainOptions(lr=1e-3, mini_batches=2), seed=0, reporter=reporter)
+    quiet = T.train_step(policy, batch(zero_variance=True), T.TrainOptions(), seed=0)
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no file, no temp folder
+    assert (hf_logging.is_progress_bar_enabled(), console.VERBOSITY) == (bars, verbosity)  # no global setting changed
+    # progress and the one warning went to the reporter: two optimizer steps, each with the recent loss
+    assert [d for d, _ in reporter.tracked] == ["grpo optimizer steps"] * 2 and reporter.tracked[-1][1].startswith("loss ")
+    assert reporter.warnings == [f"not restoring the optimizer state of {tmp_path / 'sft'}: saved by sft, this is grpo (a fresh optimizer)"]
+    assert update.metrics["updated"] and update.state["step"] == update.metrics["step"] and not quiet.metrics["updated"]
+    assert update.save(tmp_path / "g1") == tmp_path / "g1"  # saving writes the checkpoint, quietly too
+    assert records.read_all(tmp_path / "g1" / "metrics.jsonl", "metrics") == [{k: v for k, v in update.metrics.items() if v is not None}]
+    quiet.close()  # let go unsaved: nothing written
+    for spent in (update, quiet):
+        with pytest.raises(RuntimeError, match="already saved or closed"):
+            spent.save(tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "g1"])
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_cli_saves_what_the_library_returns(policy, tmp_path, capsys):
+    """The CLI's checkpoint is the library's Update saved: the same weights, optimizer state, train
+    state and metrics (timing aside) for the same seed; its report is one line on stderr."""
+    records.write_records(tmp_path / "scored.jsonl", batch(seed=5), "scored")
+    assert main(["--seed", "2", "train-step", "--policy", str(policy), "--scored", str(tmp_path / "scored.jsonl"),
+                 "--out", str(tmp_path / "cli"), "--lr", "1e-3", "--mini-batches", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"-> {tmp_path / 'cli'}" in captured.err
+    update = T.train_step(policy, batch(seed=5), T.TrainOptions(lr=1e-3, mini_batches=2), seed=2)
+    update.save(tmp_path / "lib")
+    for name in ("model.safetensors", T.OPTIMIZER_FILE, T.STATE_FILE):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    [cli] = records.read_all(tmp_path / "cli" / "metrics.jsonl", "metrics")
+    timing = ("time_s", "tokens_per_s")
+    assert {k: v for k, v in cli.items() if k not in timing} == {k: v for k, v in update.metrics.items() if k not in timing and v is not None}
+    assert records.read_provenance(tmp_path / "cli" / "metrics.jsonl")["seed"] == 2
+
+
+def test_chat_template_given_to_train_step_is_the_output_checkpoints(tiny_policy, tmp_path):
+    """--chat-template FILE trains with FILE and writes it into the checkpoint: a render of the
+    output checkpoint (what rollouts of it see) uses FILE with no option, in both modes."""
+    from rodscli.envs.builtin import seed_tasks
+    from rodscli.policy.base import load_tokenizer
+
+    tasks = tmp_path / "tasks.jsonl"
+    records.write_records(str(tasks), seed_tasks()[:2], "task")
+    template = (tiny_policy / "chat_template.jinja").read_text().replace("<|im_start|>", "<|im_start|>~", 1)
+    assert template != (tiny_policy / "chat_template.jinja").read_text()
+    (tmp_path / "mine.jinja").write_text(template)
+    # the input keeps its template in tokenizer_config.json, the older place: the output must not contradict the file
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for f in tiny_policy.iterdir():
+        (legacy / f.name).write_bytes(f.read_bytes())
+    config = json.loads((legacy / "tokenizer_config.json").read_text())
+    (legacy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": (legacy / "chat_template.jinja").read_text()}))
+    (legacy / "chat_template.jinja").unlink()
+    base = ["train-step", "--mode", "sft", "--policy", str(legacy), "--tasks", str(tasks), "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "sft"), "--chat-template", str(tmp_path / "mine.jinja")]) == 0
+    out = tmp_path / "sft"
+    assert (out / "chat_template.jinja").read_text() == template
+    assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert load_tokenizer(out).chat_template == template
+    task_list = records.read_all(tasks, "task")
+    rendered = T.render_tasks(out, task_list)
+    assert rendered == T.render_tasks(tiny_policy, task_list, tmp_path / "mine.jinja")
+    assert rendered != T.render_tasks(tiny_policy, task_list)
+    # without the option the template is copied through; a grpo step with it writes it too
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert load_tokenizer(tmp_path / "plain").chat_template == config.get("chat_template", (tiny_policy / "chat_template.jinja").read_text())
+    update = T.train_step(tiny_policy, batch(seed=1), T.TrainOptions(lr=1e-3, chat_template=str(tmp_path / "mine.jinja")), seed=0)
+    update.save(tmp_path / "grpo")
+    assert load_tokenizer(tmp_path / "grpo").chat_template == template
+    # a missing template file is a user error before any work: exit 2, no checkpoint
+    assert main([*base, "--out", str(tmp_path / "bad"), "--chat-template", str(tmp_path / "none.jinja")]) == 2
+    assert not (tmp_path / "bad").exists()

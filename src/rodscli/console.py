@@ -1,4 +1,8 @@
-"""Terminal output on stderr only (stdout stays clean for pipes): messages and progress bars."""
+"""Terminal output on stderr only (stdout stays clean for pipes): messages and progress bars.
+
+The CLI's side of the line: library code never imports this module; it reports through the
+`rodscli.reporter.Reporter` it is given, and the CLI gives it `BARS`, which renders here.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +98,17 @@ def _logged(items: Iterable[T], description: str, total: int | None, status: Cal
             console.print(line(now), highlight=False, soft_wrap=True)
             last = now
     console.print(line(time.monotonic()), highlight=False, soft_wrap=True)
+
+
+class Bars:
+    """The CLI's Reporter (rodscli.reporter): `progress` bars and `warn` lines on stderr."""
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None,
+              status: Callable[[], str] | None = None) -> Iterator[T]:
+        return progress(items, description, total, status)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+
+BARS = Bars()

@@ -104,7 +104,7 @@ def synthesize(
     else:
         by_id = {t["id"]: t for t in known}
         seed_list = synth_stage.selected_seeds(records.read_all(groups, "group", Globals.validate), by_id, groups)
-    candidates, stats = synth_stage.synthesize(seed_list, known, opts, progress=console.progress, teacher=teacher)
+    candidates, stats = synth_stage.synthesize(seed_list, known, opts, reporter=console.BARS, teacher=teacher)
     inputs = [p for p in (groups, tasks, buffer, seed_tasks) if p]
     if opts.writer == "llm":  # the model that wrote the turns, and the template it was prompted with
         inputs += [opts.policy, *filter(None, [opts.chat_template])]
@@ -166,20 +166,30 @@ def train_step(
     from rodscli.errors import OptionError
     from rodscli.stages import train
 
-    chat_template = opts.chat_template
+    given = [policy, tasks if opts.mode == "sft" else scored, *filter(None, [opts.chat_template])]
     try:
         if opts.mode == "sft":
             if not tasks:
                 raise OptionError("--mode sft needs --tasks TASKS")
-            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), chat_template)
-            metrics = train.sft(policy, rendered, out, opts, seed=Globals.seed, provenance_info=provenance([policy, tasks, *filter(None, [chat_template])]), validate=Globals.validate)
+            rendered = train.render_tasks(policy, records.read_all(tasks, "task", Globals.validate), opts.chat_template)
+            info = provenance(given)
+            update = train.sft(policy, rendered, opts, seed=Globals.seed, reporter=console.BARS)
         else:
             if not scored:
                 raise OptionError("--mode grpo needs --scored SCORED")
             batch = records.read_all(scored, "scored", Globals.validate)
-            metrics = train.train_step(policy, batch, out, opts, seed=Globals.seed, provenance_info=provenance([policy, scored]), validate=Globals.validate)
+            info = provenance(given)
+            update = train.train_step(policy, batch, opts, seed=Globals.seed, reporter=console.BARS)
+        # every process of a launch saves (a sharded optimizer state is saved by all of them); the main one writes
+        update.save(out, provenance_info=info, validate=Globals.validate)
     finally:
         train.leave_process_group()
+    metrics = update.metrics
+    if not update.is_main_process:  # one process reports
+        return
     if metrics["updated"]:
         console.info(f"[green]{opts.mode}[/green] step {metrics['step']}: loss {metrics['loss']:.4g}, grad norm {metrics['grad_norm']:.3g}, "
                      f"groups kept {metrics['groups_kept']}/{metrics['groups_total']}, {metrics['tokens_per_s']:.0f} tokens/s -> {out}")
+    else:
+        console.info(f"[yellow]no update[/yellow]: all {metrics['groups_total']} group(s) have zero reward variance; "
+                     f"{out} holds the input weights unchanged")

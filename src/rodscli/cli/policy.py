@@ -63,9 +63,7 @@ def rollout(
     task_list = records.read_all(tasks, "task", Globals.validate)
     engine = rollout_stage.load_backend(policy, opts)
     try:
-        done = iter(console.progress(rollout_stage.iter_rollouts(task_list, engine, opts, seed), "rollout",
-                                     total=len(task_list) * opts.group_size))
-        rows = rollout_stage.in_task_order(list(done), task_list)
+        rows = rollout_stage.rollout(task_list, engine, opts, seed, reporter=console.BARS)
     finally:
         engine.close()
     records.write_records(out, rows, "rollout", validate=Globals.validate,
@@ -113,10 +111,7 @@ def eval_(
     greedy, k = cfg.greedy, cfg.k
     task_list = records.read_all(tasks, "task", Globals.validate)
     model = load_backend(policy, replace(ropts, temperature=0.0 if greedy else ropts.temperature))
-    bar = iter(console.progress(range(len(task_list) * k), "eval"))
-    rows, scored = eval_stage.evaluate(task_list, model, cfg, ropts, Globals.seed, on_episode=lambda _: next(bar, None))
-    for _ in bar:  # close the progress bar
-        pass
+    rows, scored = eval_stage.evaluate(task_list, model, cfg, ropts, Globals.seed, reporter=console.BARS)
     info = provenance([policy, tasks, *filter(None, [ropts.chat_template])], greedy=greedy, k=k, iteration=cfg.iteration)
     if episodes:
         records.write_records(episodes, scored, "scored", provenance_info=info, validate=Globals.validate)

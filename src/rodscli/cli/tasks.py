@@ -28,7 +28,7 @@ def tasks_builtin(
     opts: tasks_stage.BuiltinTasksOptions = None,
 ) -> None:
     """Write the built-in domains' seed tasks: world --seed (the global one), or each of --worlds."""
-    write_tasks(out, tasks_stage.builtin_tasks(opts, seed=Globals.seed), "built-in seed tasks",
+    write_tasks(out, tasks_stage.builtin_tasks(opts, seed=Globals.seed, reporter=console.BARS), "built-in seed tasks",
                 domain=opts.domain, per_skill=opts.per_skill, worlds=opts.worlds)
 
 
@@ -57,7 +57,7 @@ def tasks_tau2(
     """
     from rodscli.stages.tau2 import tau2_tasks
 
-    made = tau2_tasks(opts)
+    made = tau2_tasks(opts, reporter=console.BARS)
     for skipped in made.skipped:
         console.warn(f"left out tau2 {opts.domain} task {skipped}")
     write_tasks(out, made.tasks, f"tau2 {opts.domain} tasks", f" ({len(made.skipped)} left out)",
@@ -70,7 +70,7 @@ def tasks_replay(
 ) -> None:
     """Replay every task's reference in fresh episodes, twice; print each failure as file:line: id: why."""
     task_list = records.read_all(tasks, "task", Globals.validate)
-    report = tasks_stage.replay_tasks(task_list, tasks_stage.record_wheres(tasks, len(task_list)))
+    report = tasks_stage.replay_tasks(task_list, tasks_stage.record_wheres(tasks, len(task_list)), reporter=console.BARS)
     for failure in report.failures:
         typer.echo(str(failure))
     rate = 2 * report.n_calls / report.seconds if report.seconds else 0.0

@@ -14,6 +14,7 @@ from typing import Any
 
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.reporter import Reporter
 from rodscli.rewards import IRRELEVANCE_RULES
 from rodscli.schemas import skill_order
 
@@ -130,12 +131,12 @@ def summarize(scored: list[dict], tasks_by_id: dict[str, dict], policy_id: str, 
 
 
 def evaluate(tasks: list[dict], backend: Any, cfg: EvalOptions, rollout_opts: Any, seed: int = 0,
-             on_episode: Any = None) -> tuple[list[dict], list[dict]]:
+             reporter: Reporter | None = None) -> tuple[list[dict], list[dict]]:
     """Run k episodes of every task with the rollout stage, score them with the score stage.
 
     Returns (eval records, scored episodes). `rollout_opts` is the rollout stage's options
     (backend limits, temperature for --no-greedy); its group size and temperature are set
-    here from k and greedy.
+    here from k and greedy. The episodes are counted as "eval" on `reporter`.
     """
     from rodscli.stages.rollout import rollout
     from rodscli.stages.score import ScoreConfig, score
@@ -144,7 +145,7 @@ def evaluate(tasks: list[dict], backend: Any, cfg: EvalOptions, rollout_opts: An
     if not tasks:
         raise InputError("no tasks to evaluate")
     opts = replace(rollout_opts, group_size=cfg.k, temperature=0.0 if cfg.greedy else rollout_opts.temperature)
-    episodes = rollout(tasks, backend, opts, seed, on_record=on_episode)
+    episodes = rollout(tasks, backend, opts, seed, reporter, description="eval")
     scored = list(score(episodes, tasks, ScoreConfig(irrelevance=cfg.irrelevance)))
     by_id = {t["id"]: t for t in tasks}
     return summarize(scored, by_id, scored[0]["policy_id"], cfg), scored

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rodscli import console
 from rodscli.config import option
 from rodscli.envs.base import (
     ENV_ERROR,
@@ -35,6 +34,7 @@ from rodscli.envs.base import (
 from rodscli.errors import BackendError, OptionError
 from rodscli.policy.base import BACKENDS, Backend, Generation, Request
 from rodscli.policy.chat import DEFAULT_SYSTEM_PROMPT, ChatFormat, Conversation, revealed_tools
+from rodscli.reporter import Reporter, or_silent
 
 
 @dataclass
@@ -262,12 +262,12 @@ def prompt_room_warning(task_id: str, n_prompt: int, n_eot: int, opts: RolloutOp
 
 
 def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
-                  on_warning: Callable[[str], None] | None = None) -> Iterator[dict]:
+                  reporter: Reporter | None = None) -> Iterator[dict]:
     """Run G episodes per task; yield each rollout record as its episode finishes.
     A task whose prompt leaves less than --max-new-tokens of room is warned about once
-    (through `on_warning`, by default on stderr)."""
+    (`reporter.warn`)."""
     opts.check()
-    on_warning = on_warning or console.warn
+    on_warning = or_silent(reporter).warn
     warned: set[str] = set()
     fmt = ChatFormat(backend.tokenizer)
     waiting = deque(
@@ -320,14 +320,12 @@ def check_generation(gen: Generation, req: Request, backend: Backend) -> None:
 
 
 def rollout(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
-            on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Rollout records of every task's G episodes, in task order then sample order."""
-    out = []
-    for rec in iter_rollouts(tasks, backend, opts, seed):
-        out.append(rec)
-        if on_record is not None:
-            on_record(rec)
-    return in_task_order(out, tasks)
+            reporter: Reporter | None = None, description: str = "rollout") -> list[dict]:
+    """Rollout records of every task's G episodes, in task order then sample order; the
+    episodes are counted as they finish (`reporter.track`, under `description`)."""
+    reporter = or_silent(reporter)
+    done = reporter.track(iter_rollouts(tasks, backend, opts, seed, reporter), description, total=len(tasks) * opts.group_size)
+    return in_task_order(list(done), tasks)
 
 
 def in_task_order(rollouts: list[dict], tasks: list[dict]) -> list[dict]:

@@ -17,7 +17,8 @@ Both kinds answer the same questions (`num_processes`, `process_index`, `device`
 loop is written once. What differs: a sharded model's every forward and backward is a
 collective, so every process runs the same number of micro-batches (`lockstep`); it
 reduce-scatters every micro-batch's gradient (its shards accumulate, no `no_sync`); and its
-checkpoint is gathered to rank 0 while its optimizer state is saved sharded.
+checkpoint is gathered to rank 0 while its optimizer state is saved sharded (`gather_weights`,
+`save_optimizer`: collectives, which every process calls).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from rodscli.errors import OptionError
@@ -93,13 +95,9 @@ class ShardedLaunch:
 
     def prepare_model(self, module, reshard_after_forward: bool = True):
         """Shard each decoder layer, then the root (`module`: what the loop calls, grpo.TokenLogprobs)."""
-        import warnings
-
         import torch
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        # TokenLogprobs returns views (gather().squeeze()); the loss uses them out of place only
-        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         kw = {"mesh": self.mesh, "reshard_after_forward": reshard_after_forward}
         if self.bf16:  # bf16 compute and all-gathers, fp32 gradient reduction and master weights
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -133,6 +131,15 @@ class ShardedLaunch:
             dist.destroy_process_group()
         if self._store_dir:
             shutil.rmtree(self._store_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def view_outputs_allowed():
+    """FSDP2 warns, at every forward, that a wrapped module returned a view: TokenLogprobs does
+    (gather().squeeze()) and the loss uses it out of place only. Silenced inside the block only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        yield
 
 
 def decoder_layers(module) -> list:
@@ -187,19 +194,20 @@ def is_main_process() -> bool:
     return dist.get_rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", "0")) == 0
 
 
-def gather_and_save(launch, model, optimizer, out: Path) -> tuple[dict | None, Path | None]:
-    """Collective: the full weights on rank 0 (CPU; None elsewhere) and the optimizer state saved
-    sharded (torch.distributed.checkpoint) into a staging folder beside `out` (no optimizer: None)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def gather_weights(launch, model) -> dict | None:
+    """Collective: the full (unsharded) weights on rank 0, on the CPU; None on the other processes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if optimizer is None:
-        return (full if launch.is_main_process else None), None
+    return full if launch.is_main_process else None
+
+
+def save_optimizer(launch, model, optimizer, out: Path) -> Path:
+    """Collective: the optimizer state saved sharded (torch.distributed.checkpoint), each process
+    writing its own shards into one staging folder beside `out`; returns the folder."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     stage = out.parent / f".{out.name}.optimizer.tmp"  # the same name on every process: one folder
     if launch.is_main_process:
         shutil.rmtree(stage, ignore_errors=True)
@@ -207,4 +215,4 @@ def gather_and_save(launch, model, optimizer, out: Path) -> tuple[dict | None, P
     launch.wait_for_everyone()
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(stage))
     launch.wait_for_everyone()
-    return (full if launch.is_main_process else None), stage
+    return stage

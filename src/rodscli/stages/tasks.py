@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from rich import box
 from rich.table import Table
 
-from rodscli import console
 from rodscli.config import option
 from rodscli.envs.base import ReferenceTrace, replay_reference
 from rodscli.envs.builtin.seeds import PER_SKILL, seed_tasks
 from rodscli.errors import OptionError, RodsError
+from rodscli.reporter import Reporter, or_silent
 from rodscli.schemas import skill_order
 
 # ---------------------------------------------------------------------------------------
@@ -61,11 +61,11 @@ def parse_worlds(text: str) -> list[int]:
     return list(dict.fromkeys(worlds))
 
 
-def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0) -> list[dict]:
-    """The built-in domains' seed tasks, in world `seed` (or in each world of `opts.worlds`)."""
+def builtin_tasks(opts: BuiltinTasksOptions, seed: int = 0, reporter: Reporter | None = None) -> list[dict]:
+    """The built-in domains' seed tasks, in world `seed` (or in each world of `opts.worlds`, counted on `reporter`)."""
     opts.check()
     worlds = parse_worlds(opts.worlds) if opts.worlds is not None else [seed]
-    shown = console.progress(worlds, "worlds") if len(worlds) > 1 else worlds
+    shown = or_silent(reporter).track(worlds, "worlds") if len(worlds) > 1 else worlds
     tasks = [t for w in shown for t in seed_tasks(opts.domain, seed=w, per_skill=opts.per_skill)]
     if not opts.profile:
         for task in tasks:
@@ -138,21 +138,23 @@ def where_differs(a: str, b: str, context: int = 30) -> str:
     return f"{cut}{a[start:i + context]!r} vs {cut}{b[start:i + context]!r}"
 
 
-def replay_tasks(tasks: Sequence[dict], wheres: Sequence[str] | None = None) -> ReplayReport:
+def replay_tasks(tasks: Sequence[dict], wheres: Sequence[str] | None = None, reporter: Reporter | None = None) -> ReplayReport:
     """Replay every task's reference twice (file order, then reverse order) and check it.
 
-    `wheres[i]` names task i in its file ('tasks.jsonl:12'); failures carry it.
+    `wheres[i]` names task i in its file ('tasks.jsonl:12'); failures carry it. Each pass is
+    counted on `reporter`.
     """
+    reporter = or_silent(reporter)
     wheres = list(wheres) if wheres is not None else [f"task {i + 1}" for i in range(len(tasks))]
     report = ReplayReport(n_tasks=len(tasks))
     start = time.perf_counter()
     first: list[ReferenceTrace | str] = []
-    for task in console.progress(tasks, "replay"):
+    for task in reporter.track(tasks, "replay"):
         first.append(_replay(task))
         report.n_turns += len(task["reference"])
         report.n_calls += sum(len(calls) for calls in task["reference"])
     problems: dict[int, str] = {}
-    for i in console.progress(range(len(tasks) - 1, -1, -1), "replay again", total=len(tasks)):
+    for i in reporter.track(range(len(tasks) - 1, -1, -1), "replay again", total=len(tasks)):
         trace = first[i]
         if isinstance(trace, str):
             problems[i] = trace

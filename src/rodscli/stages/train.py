@@ -3,8 +3,11 @@
 The loop: read the batch -> group-relative advantages, zero-variance groups dropped -> for each
 optimizer step (`ppo_epochs` x `mini_batches`; SFT: `epochs` x token-budget batches) compute one
 loss weight per sequence over the whole step, shard the sequences over processes, pack each
-shard into micro-batches by token count, accumulate gradients, clip, AdamW step -> write a
-Hugging Face checkpoint with the tokenizer, the optimizer state and a metrics record.
+shard into micro-batches by token count (stages/sequences.py), accumulate gradients, clip,
+AdamW step -> an `Update`: the metrics record and the trained model, which the caller saves as
+a Hugging Face checkpoint with the tokenizer, the optimizer state and the metrics
+(`Update.save`). The library writes and prints nothing itself; progress and warnings go to the
+`reporter` it is given (rodscli.reporter).
 
 Runs alone or under any multi-process launcher (torchrun, `accelerate launch`): every process
 computes the same global weights, takes a deterministic shard of the sequences and scales its
@@ -21,28 +24,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rodscli import console
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
 from rodscli.policy import tiny
+from rodscli.reporter import Reporter, Silent, or_silent
 from rodscli.stages import shard as sharding
 from rodscli.stages.checkpoint import (  # noqa: F401  (public names here too)
     OPTIMIZER_DIR,
     OPTIMIZER_FILE,
     STATE_FILE,
+    Update,
     check_policy,
     load_model,
     param_signature,
     read_state,
     restore_optimizer,
     write_checkpoint,
+)
+from rodscli.stages.sequences import (  # noqa: F401  (public names here too)
+    Sequence,
+    grpo_steps,
+    micro_batches,
+    sequences_from_rendered,
+    sequences_from_scored,
+    sft_steps,
+    shard,
 )
 
 if TYPE_CHECKING:
@@ -97,7 +109,7 @@ class TrainOptions:
     bf16: bool = option(True, help="bf16 autocast on CUDA (master weights and optimizer stay fp32); ignored on CPU.")
     shard: str = option("none", help="none: every process holds the whole model (DDP); full: FSDP2 shards weights, gradients and AdamW state over all processes; hybrid: shard within a node, replicate across nodes.")
     activation_checkpointing: bool = option(False, help="Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory, ~1/3 more compute).")
-    chat_template: str | None = option(None, help="sft: Jinja chat template file that renders the reference solutions instead of the checkpoint's own (give the rollouts the same one).")
+    chat_template: str | None = option(None, help="Jinja chat template file, written into the output checkpoint (its rollouts render with it); sft renders the reference solutions with it instead of the checkpoint's own.")
 
     def learning_rate(self, policy: str | Path | None = None) -> float:
         if self.lr is not None:
@@ -124,123 +136,6 @@ class TrainOptions:
     @property
     def lr_schedule(self) -> str:
         return self.schedule or ("cosine" if self.mode == "sft" else "constant")
-
-
-@dataclass
-class Sequence:
-    """One training sequence: an episode's tokens, loss mask, behaviour log-probs and advantage."""
-
-    key: str
-    token_ids: list[int]
-    loss_mask: list[int]
-    old_logprobs: list[float]
-    advantage: float = 0.0
-    weight: float = 0.0  # c_i of grpo.sequence_weights, set per optimizer step
-    dummy: bool = False  # a zero-weight stand-in so that every process runs the same synced backward
-
-    @property
-    def model_tokens(self) -> int:
-        return sum(self.loss_mask[1:])  # token 0 is never predicted
-
-
-# ---------------------------------------------------------------------------------------
-# batch preparation
-
-
-def sequences_from_scored(scored: list[dict], cfg: TrainOptions, where: str = "scored") -> tuple[list[Sequence], dict]:
-    """Kept sequences (with advantages) and the batch statistics: groups total/kept/dropped, rewards."""
-    from rodscli import grpo
-
-    for i, r in enumerate(scored, 1):
-        n = len(r["token_ids"])
-        if len(r["loss_mask"]) != n or len(r["logprobs"]) != n:
-            raise InputError(f"token_ids, logprobs and loss_mask differ in length ({n}, {len(r['logprobs'])}, {len(r['loss_mask'])})", where=f"{where}: record {i}", field="loss_mask")
-    rewards = [float(r["reward"]) for r in scored]
-    adv, kept = grpo.group_advantages(rewards, [r["group_id"] for r in scored], cfg.adv_scale)
-    groups = {r["group_id"] for r in scored}
-    kept_groups = {r["group_id"] for r, k in zip(scored, kept, strict=True) if k}
-    seqs = [
-        Sequence(r["rollout_id"], list(r["token_ids"]), list(r["loss_mask"]), [float(x) for x in r["logprobs"]], a)
-        for r, a, k in zip(scored, adv, kept, strict=True)
-        if k and sum(r["loss_mask"][1:]) > 0
-    ]
-    stats = {
-        "groups_total": len(groups),
-        "groups_kept": len(kept_groups),
-        "groups_dropped": len(groups) - len(kept_groups),
-        "reward_mean": sum(rewards) / len(rewards) if rewards else None,
-        "iteration": next((r.get("iteration") for r in scored if r.get("iteration") is not None), None),
-    }
-    return seqs, stats
-
-
-def sequences_from_rendered(rendered: list[dict]) -> list[Sequence]:
-    """SFT sequences from rollout-shaped teacher-forced records (token_ids + loss_mask)."""
-    return [
-        Sequence(str(r.get("rollout_id") or r.get("task_id") or i), list(r["token_ids"]), list(r["loss_mask"]), [0.0] * len(r["token_ids"]))
-        for i, r in enumerate(rendered)
-        if sum(r["loss_mask"][1:]) > 0
-    ]
-
-
-def shard(seqs: list[Sequence], rank: int, world: int) -> list[Sequence]:
-    """This process's share: longest-first to the least-loaded process (deterministic, token-balanced)."""
-    load = [0] * world
-    mine: list[Sequence] = []
-    for s in sorted(seqs, key=lambda s: (-len(s.token_ids), s.key)):
-        target = min(range(world), key=lambda p: (load[p], p))
-        load[target] += len(s.token_ids)
-        if target == rank:
-            mine.append(s)
-    return mine
-
-
-def micro_batches(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
-    """Pack sequences (sorted by length) so that count x longest <= budget padded tokens."""
-    batches: list[list[Sequence]] = []
-    current: list[Sequence] = []
-    for s in sorted(seqs, key=lambda s: (-len(s.token_ids), s.key)):
-        longest = len(current[0].token_ids) if current else len(s.token_ids)
-        if current and (len(current) + 1) * longest > budget:
-            batches.append(current)
-            current = []
-        current.append(s)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def grpo_steps(seqs: list[Sequence], cfg: TrainOptions, seed: int) -> list[list[Sequence]]:
-    """The optimizer steps of a GRPO update: ppo_epochs passes, each split into mini_batches."""
-    rng = random.Random(seed)
-    steps = []
-    for epoch in range(cfg.ppo_epochs):
-        order = sorted(seqs, key=lambda s: s.key)
-        if cfg.mini_batches > 1 or epoch > 0:
-            rng.shuffle(order)
-        n = min(cfg.mini_batches, len(order))
-        steps += [order[i::n] for i in range(n)]
-    return steps
-
-
-def sft_steps(seqs: list[Sequence], cfg: TrainOptions, seed: int) -> list[list[Sequence]]:
-    """The optimizer steps of SFT: each epoch shuffled, cut into batches of ~batch_tokens tokens."""
-    rng = random.Random(seed)
-    steps = []
-    for _ in range(cfg.epochs):
-        order = sorted(seqs, key=lambda s: s.key)
-        rng.shuffle(order)
-        step: list[Sequence] = []
-        tokens = 0
-        for s in order:
-            if step and tokens + len(s.token_ids) > cfg.batch_tokens:
-                steps.append(step)
-                step, tokens = [], 0
-            step.append(s)
-            tokens += len(s.token_ids)
-        if step:
-            steps.append(step)
-    return steps
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,28 +254,66 @@ def check_token_ids(steps: list[list[Sequence]], vocab: int) -> None:
                 raise InputError(f"token id {bad} is outside the model's vocabulary of {vocab}", where=s.key, field="token_ids")
 
 
-def _run(policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int, provenance_info: dict | None, validate: bool) -> dict:
-    """Take the optimizer steps, write the checkpoint, return the metrics record."""
-    accelerator = sharding.launch(cfg.shard, cfg.bf16)
+@dataclass
+class _Parts:
+    """What one update works with in this process."""
+
+    model: Any  # the causal LM (a peft model with --lora-r), unwrapped
+    module: Any  # what the loop calls: grpo.TokenLogprobs over `model`, prepared for the launch
+    ref_module: Any  # the KL reference's TokenLogprobs (None: no KL term)
+    optimizer: Any
+    params: list
+    signature: list | None  # the trained parameters' names and full shapes (None: LoRA)
+    lr: float
+    restored: bool  # the input checkpoint's AdamW moments were restored
+
+
+def _run(policy: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int,
+         reporter: Reporter | None, chat_template: str | None) -> Update:
+    """Start the launch and take the optimizer steps; the Update holds it until it is saved."""
+    launch = sharding.launch(cfg.shard, cfg.bf16)
     try:
-        return _train(accelerator, policy, out, steps, batch_stats, cfg, seed, provenance_info, validate)
-    finally:
-        getattr(accelerator, "close", lambda: None)()
+        return _train(launch, policy, steps, batch_stats, cfg, seed, reporter, chat_template)
+    except BaseException:
+        getattr(launch, "close", lambda: None)()
+        raise
 
 
-def _train(accelerator, policy: Path, out: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int,
-           provenance_info: dict | None, validate: bool) -> dict:
+def _train(launch, policy: Path, steps: list[list[Sequence]], batch_stats: dict, cfg: TrainOptions, seed: int,
+           reporter: Reporter | None, chat_template: str | None) -> Update:
+    import torch
+
+    start = time.perf_counter()
+    # one process reports (the others would repeat it)
+    reporter = or_silent(reporter) if launch.is_main_process else Silent()
+    torch.manual_seed(seed)
+    state = read_state(policy)
+    parts = _prepare(launch, policy, state, steps, cfg, reporter)
+    with sharding.view_outputs_allowed():
+        per_step, grad_norms, lrs = _optimize(launch, parts, steps, cfg, reporter)
+    model = launch.unwrap_model(parts.module).model
+    held = sharding.local_bytes(model, parts.optimizer, launch)
+    state = {**state, "step": int(state.get("step", 0)) + len(steps), "mode": cfg.mode, "lr": parts.lr, "seed": seed,
+             "params": parts.signature, "optimizer_restored": parts.restored}
+    metrics = _metrics(state, batch_stats, steps, per_step, grad_norms, lrs, cfg, parts, time.perf_counter() - start)
+    metrics["extra"].update(processes=launch.num_processes, bytes_per_process=held)
+    optimizer = None if cfg.lora_r > 0 else parts.optimizer
+    if not getattr(launch, "lockstep", False):
+        saved = model.merge_and_unload() if cfg.lora_r > 0 else model
+        return Update(policy, metrics, state, launch.is_main_process, saved, optimizer, None, launch, chat_template)
+    full = sharding.gather_weights(launch, model)  # every process takes part
+    saved = _plain_model(policy, full, cfg) if launch.is_main_process else None
+    return Update(policy, metrics, state, launch.is_main_process, saved, optimizer, model, launch, chat_template)
+
+
+def _prepare(launch, policy: Path, state: dict, steps: list[list[Sequence]], cfg: TrainOptions, reporter: Reporter) -> _Parts:
+    """Load the model (and the KL reference), wrap it for the launch, build AdamW and restore its moments."""
     import torch
 
     from rodscli import grpo
 
-    start = time.perf_counter()
-    sharded = getattr(accelerator, "lockstep", False)
-    if not accelerator.is_main_process:
-        console.VERBOSITY = min(console.VERBOSITY, 0)  # one process reports; the others stay quiet
-    torch.manual_seed(seed)
-    state = read_state(policy)
-    model = load_model(policy, accelerator.device)
+    sharded = getattr(launch, "lockstep", False)
+    model = load_model(policy, launch.device)
     if cfg.activation_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -394,73 +327,71 @@ def _train(accelerator, policy: Path, out: Path, steps: list[list[Sequence]], ba
     lr = cfg.learning_rate(policy)
     module = grpo.TokenLogprobs(model, cfg.temperature)
     if sharded:  # wrap first: the optimizer must hold the parameters' shards
-        module = accelerator.prepare_model(module)
+        module = launch.prepare_model(module)
     params = [p for p in model.parameters() if p.requires_grad]
     adamw = {"lr": lr, "betas": (cfg.beta1, cfg.beta2), "weight_decay": cfg.weight_decay}
     optimizer = torch.optim.AdamW(params, **adamw)
-    restored = _may_restore(policy, state, cfg) and restore_optimizer(optimizer, model, policy, state, signature, adamw)
+    restored = _may_restore(policy, state, cfg, reporter) and restore_optimizer(optimizer, model, policy, state, signature, adamw, reporter)
     if not sharded:
-        module = accelerator.prepare_model(module)
+        module = launch.prepare_model(module)
     ref_module = None
     if cfg.mode == "grpo" and cfg.kl_coef > 0:
-        ref = load_model(cfg.ref_policy or policy, accelerator.device).eval()
+        ref = load_model(cfg.ref_policy or policy, launch.device).eval()
         ref.requires_grad_(False)
         ref_module = grpo.TokenLogprobs(ref, cfg.temperature)
         if sharded:
-            ref_module = accelerator.prepare_model(ref_module)
+            ref_module = launch.prepare_model(ref_module)
+    return _Parts(model, module, ref_module, optimizer, params, signature, lr, restored)
 
-    per_step, grad_norms, lrs = [], [], []
+
+def _optimize(launch, parts: _Parts, steps: list[list[Sequence]], cfg: TrainOptions, reporter: Reporter) -> tuple[list[dict], list[float], list[float]]:
+    """Take the optimizer steps; each one's statistics, gradient norm (before clipping) and learning rate."""
+    import torch
+
+    per_step: list[dict] = []
+    grad_norms: list[float] = []
+    lrs: list[float] = []
 
     def recent_loss() -> str:  # beside the progress bar: the mean loss of the last 20 steps
         recent = [m["loss"] for m in per_step[-20:]]
         return f"loss {sum(recent) / len(recent):.4f}" if recent else ""
 
-    shown = console.progress(steps, f"{cfg.mode} optimizer steps", status=recent_loss) if accelerator.is_main_process else steps
-    for i, step_seqs in enumerate(shown):
-        lrs.append(lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup))
-        for group in optimizer.param_groups:
+    for i, step_seqs in enumerate(reporter.track(steps, f"{cfg.mode} optimizer steps", status=recent_loss)):
+        lrs.append(parts.lr * lr_factor(i, len(steps), cfg.lr_schedule, cfg.warmup))
+        for group in parts.optimizer.param_groups:
             group["lr"] = lrs[-1]
-        optimizer.zero_grad(set_to_none=True)
-        per_step.append(accumulate(module, ref_module, step_seqs, cfg, accelerator))
+        parts.optimizer.zero_grad(set_to_none=True)
+        per_step.append(accumulate(parts.module, parts.ref_module, step_seqs, cfg, launch))
         # global gradient norm before clipping (clip_grad_norm_ with inf max still measures it)
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(parts.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
-        optimizer.step()
+        parts.optimizer.step()
+    return per_step, grad_norms, lrs
 
-    model = accelerator.unwrap_model(module).model
-    held = sharding.local_bytes(model, optimizer, accelerator)
-    if cfg.lora_r > 0 and not sharded:
-        model = model.merge_and_unload()
-    elapsed = time.perf_counter() - start
+
+def _metrics(state: dict, batch_stats: dict, steps: list[list[Sequence]], per_step: list[dict], grad_norms: list[float],
+             lrs: list[float], cfg: TrainOptions, parts: _Parts, elapsed: float) -> dict:
+    """The metrics record of an update (schemas/metrics.json); extra.processes and bytes_per_process are the launch's."""
+    grpo_only = cfg.mode == "grpo"
     tokens = sum(len(s.token_ids) for step in steps for s in step)
-    state = {**state, "step": int(state.get("step", 0)) + len(steps), "mode": cfg.mode, "lr": lr, "seed": seed,
-             "params": signature, "optimizer_restored": restored}
-    metrics = {
+    return {
         "mode": cfg.mode, "step": state["step"], "iteration": batch_stats.get("iteration"), "updated": True,
-        "loss": _mean(per_step, "loss"), "pg_loss": _mean(per_step, "pg_loss") if cfg.mode == "grpo" else None,
-        "kl": _mean(per_step, "kl") if ref_module is not None else None, "entropy": _mean(per_step, "entropy"),
-        "clip_frac_low": _mean(per_step, "clip_frac_low") if cfg.mode == "grpo" else None,
-        "clip_frac_high": _mean(per_step, "clip_frac_high") if cfg.mode == "grpo" else None,
-        "ratio_mean": _mean(per_step, "ratio_mean") if cfg.mode == "grpo" else None,
-        "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lr, "reward_mean": batch_stats.get("reward_mean"),
+        "loss": _mean(per_step, "loss"), "pg_loss": _mean(per_step, "pg_loss") if grpo_only else None,
+        "kl": _mean(per_step, "kl") if parts.ref_module is not None else None, "entropy": _mean(per_step, "entropy"),
+        "clip_frac_low": _mean(per_step, "clip_frac_low") if grpo_only else None,
+        "clip_frac_high": _mean(per_step, "clip_frac_high") if grpo_only else None,
+        "ratio_mean": _mean(per_step, "ratio_mean") if grpo_only else None,
+        "grad_norm": sum(grad_norms) / len(grad_norms), "lr": parts.lr, "reward_mean": batch_stats.get("reward_mean"),
         "groups_total": batch_stats.get("groups_total", 0), "groups_kept": batch_stats.get("groups_kept", 0),
         "groups_dropped": batch_stats.get("groups_dropped", 0),
         "sequences": len({s.key for step in steps for s in step}), "tokens": tokens,
         "model_tokens": sum(m["model_tokens"] for m in per_step), "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
         "time_s": elapsed,
-        "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": accelerator.num_processes,
-                  "optimizer_restored": restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs,
-                  "losses": [m["loss"] for m in per_step], "shard": cfg.shard, "bytes_per_process": held,
+        "extra": {"optimizer_steps": len(steps), "grad_norms": grad_norms, "processes": None,
+                  "optimizer_restored": parts.restored, "lora_r": cfg.lora_r, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "lrs": lrs,
+                  "losses": [m["loss"] for m in per_step], "shard": cfg.shard, "bytes_per_process": None,
                   "sft_tokens": cfg.sft_tokens if cfg.mode == "sft" else None, "loss_agg": cfg.loss_agg, "adv_scale": cfg.adv_scale},
     }
-    if sharded:  # every process takes part in gathering the weights and saving the optimizer shards
-        full, stage = sharding.gather_and_save(accelerator, model, None if cfg.lora_r > 0 else optimizer, out)
-        if accelerator.is_main_process:
-            write_checkpoint(out, policy, _plain_model(policy, full, cfg), None, state, metrics, provenance_info, validate, sharded_optimizer=stage)
-    elif accelerator.is_main_process:
-        write_checkpoint(out, policy, model, None if cfg.lora_r > 0 else optimizer, state, metrics, provenance_info, validate)
-    accelerator.wait_for_everyone()
-    return metrics
 
 
 def _plain_model(policy: Path, full_state: dict, cfg: TrainOptions):
@@ -476,7 +407,7 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return sum(r[key] for r in rows) / len(rows) if rows else None
 
 
-def _may_restore(policy: Path, state: dict, cfg: TrainOptions) -> bool:
+def _may_restore(policy: Path, state: dict, cfg: TrainOptions, reporter: Reporter) -> bool:
     """Whether this step may go on with the input checkpoint's AdamW moments (--optimizer-state)."""
     if cfg.optimizer_state == "fresh":
         return False
@@ -486,34 +417,40 @@ def _may_restore(policy: Path, state: dict, cfg: TrainOptions) -> bool:
         # = 1,000 steps; measured on one batch, ~9x smaller steps, less aligned with GRPO's
         # gradient (bench/grpo_step.py; docs/study.md, "GRPO headroom")
         if (policy / OPTIMIZER_FILE).exists() or (policy / OPTIMIZER_DIR).is_dir():
-            console.info(f"[yellow]not restoring the optimizer state of {policy}: saved by {state.get('mode')}, "
-                         f"this is {cfg.mode} (a fresh optimizer)[/yellow]")
+            reporter.warn(f"not restoring the optimizer state of {policy}: saved by {state.get('mode')}, "
+                          f"this is {cfg.mode} (a fresh optimizer)")
         return False
     return True
 
 
-def train_step(policy: str | Path, scored: list[dict], out: str | Path, cfg: TrainOptions, seed: int = 0,
-               provenance_info: dict | None = None, validate: bool = True) -> dict:
-    """One GRPO update of `policy` on scored rollouts; writes checkpoint `out`; returns the metrics record."""
+def _template(cfg: TrainOptions) -> str | None:
+    """The text of --chat-template (read before any work: a bad file is a user error)."""
+    from rodscli.policy.base import read_chat_template
+
+    return read_chat_template(cfg.chat_template) if cfg.chat_template is not None else None
+
+
+def train_step(policy: str | Path, scored: list[dict], cfg: TrainOptions, seed: int = 0, reporter: Reporter | None = None) -> Update:
+    """One GRPO update of `policy` on scored rollouts. Writes nothing: `.save(out)` on the
+    returned Update writes the checkpoint (on every process of a launch); `.metrics` is its record."""
     cfg.check()
     if cfg.mode != "grpo":
         raise OptionError("train_step is the grpo mode; use sft() for --mode sft")
-    policy, out = Path(policy), Path(out)
+    policy = Path(policy)
     check_policy(policy)
     if not scored:
         raise InputError("no scored rollouts to train on")
+    template = _template(cfg)
     seqs, batch_stats = sequences_from_scored(scored, cfg)
     if not seqs:
-        return _no_update(policy, out, scored, batch_stats, cfg, provenance_info, validate)
-    return _run(policy, out, grpo_steps(seqs, cfg, seed), batch_stats, cfg, seed, provenance_info, validate)
+        return _no_update(policy, scored, batch_stats, cfg, template)
+    return _run(policy, grpo_steps(seqs, cfg, seed), batch_stats, cfg, seed, reporter, template)
 
 
-def _no_update(policy: Path, out: Path, scored: list[dict], batch_stats: dict, cfg: TrainOptions, provenance_info: dict | None, validate: bool) -> dict:
+def _no_update(policy: Path, scored: list[dict], batch_stats: dict, cfg: TrainOptions, template: str | None) -> Update:
     """Every group had zero reward variance: nothing to learn, the checkpoint is passed on unchanged."""
     start = time.perf_counter()
     state = read_state(policy)
-    console.info(f"[yellow]no update[/yellow]: all {batch_stats['groups_total']} group(s) have zero reward variance; "
-                 f"{out} holds the input weights unchanged")
     metrics = {
         "mode": "grpo", "step": int(state.get("step", 0)), "iteration": batch_stats.get("iteration"), "updated": False,
         "loss": None, "reward_mean": batch_stats.get("reward_mean"), "groups_total": batch_stats["groups_total"],
@@ -521,25 +458,24 @@ def _no_update(policy: Path, out: Path, scored: list[dict], batch_stats: dict, c
         "tokens": 0, "model_tokens": 0, "time_s": 0.0, "lr": cfg.learning_rate(),
         "extra": {"reason": "every group has zero reward variance", "rollouts": len(scored)},
     }
-    if sharding.is_main_process():
-        metrics["time_s"] = time.perf_counter() - start
-        write_checkpoint(out, policy, None, None, state, metrics, provenance_info, validate)
-    return metrics
+    metrics["time_s"] = time.perf_counter() - start
+    return Update(policy, metrics, state, sharding.is_main_process(), chat_template=template)
 
 
-def sft(policy: str | Path, rendered: list[dict], out: str | Path, cfg: TrainOptions, seed: int = 0,
-        provenance_info: dict | None = None, validate: bool = True) -> dict:
-    """Warm-start `policy` on teacher-forced reference solutions (rollout-shaped token_ids + loss_mask)."""
+def sft(policy: str | Path, rendered: list[dict], cfg: TrainOptions, seed: int = 0, reporter: Reporter | None = None) -> Update:
+    """Warm-start `policy` on teacher-forced reference solutions (rollout-shaped token_ids + loss_mask).
+    Writes nothing: `.save(out)` on the returned Update writes the checkpoint."""
     cfg = dataclasses.replace(cfg, mode="sft")
     cfg.check()
-    policy, out = Path(policy), Path(out)
+    policy = Path(policy)
     check_policy(policy)
+    template = _template(cfg)
     if cfg.sft_tokens == "all":
         rendered = [{**r, "loss_mask": [1] * len(r["token_ids"])} for r in rendered]
     seqs = sequences_from_rendered(rendered)
     if not seqs:
         raise InputError("no reference solution with model tokens to train on")
-    return _run(policy, out, sft_steps(seqs, cfg, seed), {}, cfg, seed, provenance_info, validate)
+    return _run(policy, sft_steps(seqs, cfg, seed), {}, cfg, seed, reporter, template)
 
 
 def render_tasks(policy: str | Path, tasks: list[dict], chat_template: str | Path | None = None) -> list[dict]:

@@ -6,12 +6,13 @@ import contextlib
 import gc
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.reporter import Reporter, or_silent
 from rodscli.synth.execute import Execution, execute
 from rodscli.synth.failures import StepFailed
 from rodscli.synth.filters import Candidate, Filter, NearDuplicate, ProfileMatch, Replay, Trivial
@@ -204,9 +205,10 @@ def _long_lived_frozen() -> Iterator[None]:
 
 
 def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
-               progress: Callable[[list, str], Iterable] | None = None,
+               reporter: Reporter | None = None,
                teacher: Any = None) -> tuple[list[dict], dict]:
-    """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason).
+    """Variants of every seed, and the counts (requested, attempted, accepted, rejected by reason);
+    the seeds are counted as they are done on `reporter`.
 
     With `teacher` (a `rodscli.synth.teacher.TeacherOptions` with a URL) the accepted variants go
     through the teacher's Rewrite, Critique and Augment agents, counted in stats["teacher"]."""
@@ -215,7 +217,7 @@ def synthesize(seeds: list[dict], known: list[dict], opts: SynthesizeOptions,
     synth = Synthesizer(opts, known)
     out: list[dict] = []
     with _long_lived_frozen():
-        for seed in (progress(seeds, "synthesize") if progress and opts.per_seed else seeds):
+        for seed in (or_silent(reporter).track(seeds, "synthesize") if opts.per_seed else seeds):
             out.extend(synth.variants(seed))
     stats = synth.stats(len(out), len(seeds) * opts.per_seed)
     stats.update(synth.writer.revise(out))
