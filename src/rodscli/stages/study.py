@@ -212,6 +212,7 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
     study = Path(study)
     arms = study_runs(study)
     summaries = {a: {s: summarize_run(run, f"{a}/seed{s}") for s, run in runs.items()} for a, runs in arms.items()}
+    arms, summaries, pending = _started(arms, summaries)
     curves_by_arm = {a: curves(runs) for a, runs in summaries.items()}
     iteration = common_iteration(arms, summaries)
     times = read_times(study)
@@ -223,7 +224,20 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
         "budget_to_match": budget_to_match(curves_by_arm, BASELINE),
         "times": {a: {str(s): t for s, t in v.items()} for a, v in times.items()},
         "time_total_s": sum(t for v in times.values() for t in v.values()),
+        "pending": pending,
     }
+
+
+def _started(arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]):
+    """Leave out the runs of a running study that have no held-out eval yet (not even the start's):
+    they have nothing to compare. Returns the arms and summaries left and the runs left out ("arm/seedS")."""
+    pending = [f"{a}/seed{s}" for a, runs in arms.items() for s in runs if not summaries[a][s]["evals"]]
+    kept = {a: {s: r for s, r in runs.items() if summaries[a][s]["evals"]} for a, runs in arms.items()}
+    kept = {a: runs for a, runs in kept.items() if runs}
+    if not kept:
+        raise InputError("no run of the study has a held-out eval yet (not even the start's): nothing to report",
+                         where=str(next(iter(next(iter(arms.values())).values())).parent.parent))
+    return kept, {a: {s: summaries[a][s] for s in runs} for a, runs in kept.items()}, pending
 
 
 def _trajectories(runs: dict[int, dict], iteration: int) -> int | None:
@@ -278,6 +292,8 @@ def render_tables(summary: dict) -> list[Any]:
             t.add_column(h, justify="left" if h == "arm" else "right")
         for cells in rows:
             t.add_row(*cells)
+        if summary.get("pending"):
+            t.caption = "left out, no held-out eval yet: " + ", ".join(summary["pending"])
         tables.append(t)
     return tables
 
