@@ -107,8 +107,12 @@ def test_table_rows_are_the_printed_numbers(run_dir):
 
 def test_report_writes_page_plots_and_summary(run_dir, tmp_path):
     out = tmp_path / "report"
-    summaries = report([run_dir, run_dir], ReportOptions(out=str(out), names=["rods", "static"]))
+    summaries, files = report([run_dir, run_dir], ReportOptions(out=str(out), names=["rods", "static"]))
     assert [s["name"] for s in summaries] == ["rods", "static"]
+    assert not out.exists()  # the library writes nothing: the caller (the CLI) writes the files it returns
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
     for name in ("index.html", "training.png", "heldout.png", "zones_buffer.png", "synthesis.png", "summary.json"):
         assert (out / name).stat().st_size > 1000 or name == "summary.json"
     page = (out / "index.html").read_text()

@@ -272,15 +272,15 @@ def _series(summary: dict, key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def plot(summaries: list[dict], out: Path) -> list[tuple[str, str]]:
-    """Draw the PNGs; returns (file name, caption) of each."""
+def plot(summaries: list[dict]) -> list[tuple[str, str, bytes]]:
+    """Draw the PNGs; returns (file name, caption, PNG bytes) of each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    made: list[tuple[str, str]] = []
+    made: list[tuple[str, str, bytes]] = []
     for draw in (_training_plot, _heldout_plot, _zones_buffer_plot, _synthesis_plot):
         drawn = draw(plt, summaries)
         if drawn is None:  # nothing of this kind in any run
@@ -288,11 +288,19 @@ def plot(summaries: list[dict], out: Path) -> list[tuple[str, str]]:
         fig, name, caption = drawn
         for ax in fig.axes:  # iterations are whole numbers
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        made.append((name, caption))
+        made.append((name, caption, png_bytes(plt, fig)))
     return made
+
+
+def png_bytes(plt: Any, fig: Any) -> bytes:
+    """The figure as PNG bytes (laid out, then closed)."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _grid_and_legend(ax: Any, **legend: Any) -> None:
@@ -378,7 +386,8 @@ def _html_table(summary: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_html(summaries: list[dict], pngs: list[tuple[str, str]], out: Path) -> Path:
+def html_page(summaries: list[dict], pngs: list[tuple[str, str, bytes]]) -> bytes:
+    """index.html of a report over runs, showing the PNGs by name."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>rods report</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
@@ -388,28 +397,31 @@ def write_html(summaries: list[dict], pngs: list[tuple[str, str]], out: Path) ->
     for s in summaries:
         parts.append(f"<li><b>{html.escape(s['name'])}</b>: {html.escape(s['path'])}, {len(s['iterations'])} iterations</li>")
     parts.append("</ul>")
-    for name, caption in pngs:
-        parts.append(f"<figure><img src='{html.escape(name)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += figures(pngs)
     for s in summaries:
         parts.append(f"<h2>{html.escape(s['name'])}</h2>{_html_table(s)}")
     parts.append("<p>Columns: traj = trajectories consumed so far; inform. = groups with non-zero reward variance; "
                  "hard/bound./mast. = zone counts; seeds/synth/pend./retired = buffer after the iteration; "
                  "accepted = synthesized candidates; held succ/prog = held-out eval of the policy after the iteration.</p>")
     parts.append("</body></html>")
-    page = out / "index.html"
-    records.write_atomic_bytes(page, "\n".join(parts).encode())
-    return page
+    return "\n".join(parts).encode()
 
 
-def report(runs: list[str | Path], cfg: ReportOptions) -> list[dict]:
-    """Summarize every run and write index.html, the PNGs and summary.json into cfg.out."""
+def figures(pngs: list[tuple[str, str, bytes]]) -> list[str]:
+    """<figure> elements showing the PNGs by file name."""
+    return [f"<figure><img src='{html.escape(name)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+            for name, caption, _ in pngs]
+
+
+def report(runs: list[str | Path], cfg: ReportOptions) -> tuple[list[dict], dict[str, bytes]]:
+    """Summarize every run; returns the summaries and the report's files (index.html, the PNGs,
+    summary.json) as {file name: bytes}, for the caller to write into cfg.out."""
     import orjson
 
     names = list(cfg.names) + [None] * (len(runs) - len(cfg.names))
     summaries = [summarize_run(run, name) for run, name in zip(runs, names, strict=False)]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = plot(summaries, out) if cfg.plots else []
-    write_html(summaries, pngs, out)
-    records.write_atomic_bytes(out / "summary.json", orjson.dumps(summaries, option=orjson.OPT_INDENT_2))
-    return summaries
+    pngs = plot(summaries) if cfg.plots else []
+    files = {name: data for name, _, data in pngs}
+    files["index.html"] = html_page(summaries, pngs)
+    files["summary.json"] = orjson.dumps(summaries, option=orjson.OPT_INDENT_2)
+    return summaries, files

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from rodscli import records, stats
+from rodscli import stats
 from rodscli.errors import InputError
 from rodscli.schemas import SKILLS
-from rodscli.stages.report import _fmt, _read, summarize_run
+from rodscli.stages.report import _fmt, _read, figures, png_bytes, summarize_run
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
 # the paper's order: the method, its baseline, then the ablations
@@ -298,7 +298,7 @@ def render_tables(summary: dict) -> list[Any]:
     return tables
 
 
-def plot_study(summary: dict, out: Path) -> list[tuple[str, str]]:
+def plot_study(summary: dict) -> list[tuple[str, str, bytes]]:
     """training.png and heldout.png: each arm's mean curve and its 95% band across seeds."""
     import matplotlib
 
@@ -322,14 +322,12 @@ def plot_study(summary: dict, out: Path) -> list[tuple[str, str]]:
             ax.set(title=f"{title}: mean, 95% band over seeds", xlabel=xlabel, ylim=(-0.02, 1.02))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        made.append((name, f"{name[:-4]}: the mean over seeds of each arm and its Student t 95% interval"))
+        made.append((name, f"{name[:-4]}: the mean over seeds of each arm and its Student t 95% interval", png_bytes(plt, fig)))
     return made
 
 
-def write_html(summary: dict, pngs: list[tuple[str, str]], out: Path) -> Path:
+def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
+    """index.html of a study report, showing the PNGs by name."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>rods study</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>",
@@ -347,22 +345,19 @@ def write_html(summary: dict, pngs: list[tuple[str, str]], out: Path) -> Path:
         parts.append("</table>")
     parts.append("<p>Differences: mean over the common seeds and the held-out tasks, with the 2.5-97.5 percentiles of "
                  "the paired bootstrap (seeds and tasks resampled, pairs kept); * marks an interval that excludes 0.</p>")
-    for name, caption in pngs:
-        parts.append(f"<figure><img src='{html.escape(name)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += figures(pngs)
     parts.append("</body></html>")
-    page = out / "index.html"
-    records.write_atomic_bytes(page, "\n".join(parts).encode())
-    return page
+    return "\n".join(parts).encode()
 
 
-def report_study(study: str | Path, out: str | Path, plots: bool = True, n_boot: int = 10_000) -> dict:
-    """Summarize a study and write index.html, the PNGs and study.json into `out`."""
+def report_study(study: str | Path, plots: bool = True, n_boot: int = 10_000) -> tuple[dict, dict[str, bytes]]:
+    """Summarize a study; returns the summary and the report's files (index.html, the PNGs,
+    study.json) as {file name: bytes}, for the caller to write."""
     import orjson
 
     summary = summarize_study(study, n_boot)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = plot_study(summary, out) if plots else []
-    write_html(summary, pngs, out)
-    records.write_atomic_bytes(out / "study.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    return summary
+    pngs = plot_study(summary) if plots else []
+    files = {name: data for name, _, data in pngs}
+    files["index.html"] = html_page(summary, pngs)
+    files["study.json"] = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    return summary, files
