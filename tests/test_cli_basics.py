@@ -99,3 +99,15 @@ def test_the_cli_reporter_draws_bars_and_warnings(capsys, monkeypatch):
     assert list(silent.track([1, 2], "x")) == [1, 2]
     silent.warn("kept")
     assert silent.warnings == ["kept"] and capsys.readouterr() == ("", "")
+
+
+def test_a_long_message_is_one_line_in_a_log(capsys):
+    """A message longer than the console's width (a deep temp path, say) is not cut into lines:
+    a log keeps it whole, so it can be searched and copied."""
+    from rodscli import console
+
+    long = "wrote 3 records " + "-> /tmp/" + "d/" * 120 + "out.parquet"
+    console.info(long)
+    console.warn(long)
+    err = capsys.readouterr().err
+    assert long + "\n" in err and f"warning: {long}\n" in err

@@ -36,19 +36,21 @@ LOG_EVERY_S = float(os.environ.get("RODS_PROGRESS_EVERY", "30"))
 
 
 def info(message: str) -> None:
+    """A line on stderr (shown unless --quiet). Never cut into lines at the console's width: a path
+    or a number in it stays whole in a log (a terminal still folds it on screen)."""
     if VERBOSITY >= 1:
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """A warning on stderr (shown unless --quiet)."""
     if VERBOSITY >= 1:
-        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def debug(message: str) -> None:
     if VERBOSITY >= 2:
-        console.print(f"[dim]{message}[/dim]")
+        console.print(f"[dim]{message}[/dim]", soft_wrap=True)
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None,
