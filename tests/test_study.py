@@ -283,3 +283,12 @@ def test_tiny_study_runs_each_ablation_for_real_and_resumes(tmp_path):
     again = subprocess.run([*cmd[:6], "-n", *cmd[6:]], env=env, capture_output=True, text=True, timeout=300)
     stages = [ln for ln in again.stdout.splitlines() if re.match(r"\S+/rods\s+--quiet\s+--seed \d+ (?!tasks )[a-z-]+ ", ln)]
     assert again.returncode == 0 and stages == [], stages[:3]
+
+
+def test_a_study_with_no_eval_yet_is_a_clear_error(tmp_path):
+    from rodscli.errors import InputError
+
+    (tmp_path / "s" / "rods" / "seed0" / "setup").mkdir(parents=True)
+    with pytest.raises(InputError, match="no run of the study has a held-out eval yet") as err:
+        study.summarize_study(tmp_path / "s", n_boot=10)
+    assert str(tmp_path / "s") in str(err.value)

@@ -212,7 +212,7 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
     study = Path(study)
     arms = study_runs(study)
     summaries = {a: {s: summarize_run(run, f"{a}/seed{s}") for s, run in runs.items()} for a, runs in arms.items()}
-    arms, summaries, pending = _started(arms, summaries)
+    arms, summaries, pending = _started(study, arms, summaries)
     curves_by_arm = {a: curves(runs) for a, runs in summaries.items()}
     iteration = common_iteration(arms, summaries)
     times = read_times(study)
@@ -228,7 +228,7 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
     }
 
 
-def _started(arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]):
+def _started(study: Path, arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]):
     """Leave out the runs of a running study that have no held-out eval yet (not even the start's):
     they have nothing to compare. Returns the arms and summaries left and the runs left out ("arm/seedS")."""
     pending = [f"{a}/seed{s}" for a, runs in arms.items() for s in runs if not summaries[a][s]["evals"]]
@@ -236,7 +236,7 @@ def _started(arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, di
     kept = {a: runs for a, runs in kept.items() if runs}
     if not kept:
         raise InputError("no run of the study has a held-out eval yet (not even the start's): nothing to report",
-                         where=str(next(iter(next(iter(arms.values())).values())).parent.parent))
+                         where=str(study))
     return kept, {a: {s: summaries[a][s] for s in runs} for a, runs in kept.items()}, pending
 
 
