@@ -223,6 +223,21 @@ def test_the_llm_writers_instructions_reach_a_template_without_a_system_role(tem
         assert "system" not in prompt and f"<|im_start|>user\n{REWRITE_PROMPT}\n\n{turn}<|im_end|>" in prompt
 
 
+def test_llm_writer_options_given_to_the_template_writer_are_refused(one_task, tmp_path, capfd):
+    """--chat-template and --policy are read by the llm writer only; with the default template
+    writer they used to be ignored without a word. Now: exit 2, one line naming the option, no output."""
+    template = tmp_path / "t.jinja"
+    template.write_text(RAISES_ON_SYSTEM)
+    out = tmp_path / "c.jsonl"
+    base = ["--quiet", "synthesize", "--seed-tasks", str(one_task), "--per-seed", "1", "--out", str(out)]
+    for extra, named in ((["--chat-template", str(template)], "--chat-template"), (["--policy", str(tmp_path)], "--policy")):
+        assert main([*base, *extra]) == 2
+        err = capfd.readouterr().err
+        assert named in err and "--writer llm" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert main(base) == 0 and read_all(out, "task")  # the same command without them runs
+
+
 @pytest.mark.slow
 def test_synthesize_llm_writer_takes_chat_template(bare_policy, one_task, tmp_path, capfd):
     """`rods synthesize --writer llm --chat-template FILE` prompts the policy with the file's

@@ -53,6 +53,9 @@ class SynthesizeOptions:
             raise OptionError("need --per-seed >= 0, --attempts >= 1, --repairs >= 0", field="--per-seed")
         if self.writer == "llm" and not self.policy:
             raise OptionError("the llm writer needs --policy (a checkpoint to rewrite the user turns with)", field="--policy")
+        llm_only = [name for name, value in (("--policy", self.policy), ("--chat-template", self.chat_template)) if value]
+        if self.writer != "llm" and llm_only:  # read only by the llm writer: given to another, a silent no-op
+            raise OptionError(f"{llm_only[0]} is read by the llm writer only: add --writer llm, or drop it", field=llm_only[0])
 
 
 @dataclass
