@@ -55,6 +55,26 @@ def test_per_skill_and_overall_aggregates():
     assert [r["key"] for r in aggregate(list(reversed(rows[:3]))) if r["kind"] == "skill"] == ["base", "miss_param"]
 
 
+def test_call_turns_count_the_turns_whose_reference_calls_and_the_ones_passed():
+    """Turns whose reference is empty (ask, decline) are not call turns; a call turn is passed
+    when its turn score is 1; task records average over k episodes, aggregates sum over tasks."""
+    call = {"name": "f", "arguments": {}}
+    task = {"domain": "retail", "reference": [[call], [], [call, call], [call]]}
+    eps = [{**_episode("t", "base", 0.0, 0.5), "turn_scores": scores}
+           for scores in ([1.0, 1.0, 0.5, 1.0], [1.0, 0.0, 1.0, 0.0])]  # 2 of 3, then 2 of 3
+    r = task_record(eps, task, "p@1", EvalOptions(k=2, greedy=False))
+    assert (r["call_turns"], r["call_turns_passed"]) == (3, 2.0)
+    one = task_record([{**_episode("u", "base", 0.0, 0.0), "turn_scores": [0.0, 1.0]}], {"reference": [[call], []]},
+                      "p@1", EvalOptions())
+    assert (one["call_turns"], one["call_turns_passed"]) == (1, 0.0)  # the passed empty turn does not count
+    overall = aggregate([r, one])[-1]
+    assert (overall["call_turns"], overall["call_turns_passed"]) == (4, 2.0)
+    assert all(schemas.problems("eval", x) == [] for x in (r, one, overall))
+    # without the task's reference there is nothing to count: the aggregate leaves the fields out
+    blind = task_record(eps, None, "p@1", EvalOptions(k=2, greedy=False))
+    assert blind["call_turns"] is None and "call_turns" not in aggregate([blind, r])[-1]
+
+
 def test_options_are_checked():
     with pytest.raises(OptionError, match="--no-greedy"):
         EvalOptions(k=4, greedy=True).check()
@@ -128,6 +148,12 @@ def test_reference_episodes_succeed_and_others_fail(tiny_policy):
     assert by_key[("skill", "base")]["success"] == 1.0 and by_key[("skill", "miss_func")]["success"] == 0.0
     assert by_key[("all", "all")]["success"] == pytest.approx(0.5)
     assert by_key[("all", "all")]["iteration"] == 2 and len(scored) == len(tasks)
+    # call turns: every solved task passes all of its own, the refusals none
+    for t in tasks:
+        r, turns = by_key[("task", t["id"])], sum(1 for calls in t["reference"] if calls)
+        assert (r["call_turns"], r["call_turns_passed"]) == (turns, turns if t["id"] in solve else 0)
+    solved_turns = sum(1 for t in tasks if t["id"] in solve for calls in t["reference"] if calls)
+    assert by_key[("all", "all")]["call_turns_passed"] == solved_turns > 0
 
 
 

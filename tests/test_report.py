@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from rodscli import records
 from rodscli.cli import main
 from rodscli.stages.eval import EvalOptions, aggregate, task_record
-from rodscli.stages.report import ReportOptions, report, summarize_run, table_rows
+from rodscli.stages.report import ReportOptions, render_tables, report, summarize_run, table_rows
 
 
 def _group(task_id: str, mean: float, n: int = 4, skill: str = "base") -> dict:
@@ -40,8 +41,8 @@ def _eval_file(path, iteration: int, successes: list[float], progress: list[floa
     tasks = []
     for i, (s, p) in enumerate(zip(successes, progress, strict=True)):
         episode = {"task_id": f"h{i}", "skill": "base" if i % 2 == 0 else "miss_param", "outcome": s, "progress": p,
-                   "validity": 1.0, "calls": [], "finish_reason": "done"}
-        tasks.append(task_record([episode], None, "ckpt", cfg))
+                   "validity": 1.0, "calls": [], "finish_reason": "done", "turn_scores": [s]}
+        tasks.append(task_record([episode], {"reference": [[{"name": "f", "arguments": {}}]]}, "ckpt", cfg))
     records.write_records(path, tasks + aggregate(tasks), "eval")
 
 
@@ -96,6 +97,15 @@ def test_summary_numbers(run_dir):
     assert s["evals"][0]["progress"] == pytest.approx(0.375)
     assert s["evals"][1]["skills"]["base"]["success"] == pytest.approx(1.0)
     assert s["evals"][1]["skills"]["miss_param"]["progress"] == pytest.approx(0.5)
+    # one call turn per task, passed where the task succeeded
+    assert [(p["call_turns_passed"], p["call_turns"]) for p in s["evals"]] == [(1, 4), (2, 4)]
+    from rich.console import Console
+
+    text = Console(width=200, record=True, file=io.StringIO())
+    for table in render_tables([s]):
+        text.print(table)
+    printed = text.export_text()
+    assert "call turns" in printed and "2 / 4" in printed
 
 
 def test_table_rows_are_the_printed_numbers(run_dir):

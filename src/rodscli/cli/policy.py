@@ -117,10 +117,10 @@ def eval_(
         records.write_records(episodes, scored, "scored", provenance_info=info, validate=Globals.validate)
     records.write_records(out, rows, "eval", provenance_info=info, validate=Globals.validate)
     table = Table(title=f"held-out eval of {policy} ({'greedy' if greedy else f'pass@{k}'})", title_justify="left")
-    for header in ("skill", "tasks", "success", "progress"):
+    for header in ("skill", "tasks", "success", "progress", "call turns passed"):
         table.add_column(header, justify="right")
     for r in rows:
         if r["kind"] != "task":
-            table.add_row(r["key"], str(r["n_tasks"]), f"{r['success']:.3f}", f"{r['progress']:.3f}")
+            table.add_row(r["key"], str(r["n_tasks"]), f"{r['success']:.3f}", f"{r['progress']:.3f}", eval_stage.call_turns_text(r))
     if console.VERBOSITY >= 1:
         console.console.print(table)

@@ -35,9 +35,30 @@ class EvalOptions:
             raise OptionError("greedy decoding gives the same episode k times: use --no-greedy with --k > 1")
 
 
+def call_turns(task: dict | None, episodes: list[dict]) -> tuple[int | None, float | None]:
+    """The task's turns whose reference makes calls, and how many of them its episodes pass
+    (turn score 1), averaged over the episodes; (None, None) without the task's reference.
+    A turn whose reference makes no call (ask, decline) is not counted: it is passed by not
+    calling, which tells nothing of whether the policy can call."""
+    if not task or "reference" not in task:
+        return None, None
+    turns = [i for i, calls in enumerate(task["reference"]) if calls]
+    passed = [sum(1 for i in turns if i < len(e["turn_scores"]) and e["turn_scores"][i] >= 1.0) for e in episodes]
+    return len(turns), sum(passed) / len(episodes)
+
+
+def call_turns_text(record: dict) -> str:
+    """'passed / turns' of an eval record ('-' when it has no call-turn counts)."""
+    turns, passed = record.get("call_turns"), record.get("call_turns_passed")
+    if turns is None or passed is None:
+        return "-"
+    return f"{passed:g} / {turns}"
+
+
 def task_record(episodes: list[dict], task: dict | None, policy_id: str, cfg: EvalOptions) -> dict[str, Any]:
-    """One task's eval record from its k scored episodes (the task gives its domain)."""
+    """One task's eval record from its k scored episodes (the task gives its domain and its call turns)."""
     first = episodes[0]
+    n_call_turns, passed = call_turns(task, episodes)
     k = len(episodes)
     outcomes = [e["outcome"] for e in episodes]
     progress = [e["progress"] for e in episodes]
@@ -62,6 +83,8 @@ def task_record(episodes: list[dict], task: dict | None, policy_id: str, cfg: Ev
         "progress_best": max(progress),
         "validity": sum(e["validity"] for e in episodes) / k,
         "n_calls": sum(len(e.get("calls") or []) for e in episodes) / k,
+        "call_turns": n_call_turns,
+        "call_turns_passed": passed,
         "finish_reasons": dict(sorted(reasons.items())),
     }
 
@@ -76,6 +99,9 @@ def _combine(kind: str, key: str, skill: str | None, tasks: list[dict]) -> dict[
 
     def per_task_mean(field: str) -> float:
         return sum(t[field] for t in tasks) / n
+
+    def total(field: str) -> float | None:  # over the tasks, when every task has it
+        return sum(t[field] for t in tasks) if all(t.get(field) is not None for t in tasks) else None
 
     def per_episode_mean(field: str) -> float | None:
         vals = [(t[field], t["episodes"]) for t in tasks if t.get(field) is not None]
@@ -101,6 +127,8 @@ def _combine(kind: str, key: str, skill: str | None, tasks: list[dict]) -> dict[
         "progress_best": per_task_mean("progress_best") if all("progress_best" in t for t in tasks) else None,
         "validity": per_episode_mean("validity"),
         "n_calls": per_episode_mean("n_calls"),
+        "call_turns": total("call_turns"),
+        "call_turns_passed": total("call_turns_passed"),
         "finish_reasons": dict(sorted(reasons.items())),
     }
 

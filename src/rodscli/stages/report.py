@@ -27,6 +27,7 @@ from typing import Any
 from rodscli import records
 from rodscli.config import option
 from rodscli.errors import InputError, OptionError
+from rodscli.stages.eval import call_turns_text
 
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 RETIRE_REASONS = ("mastered", "unsolvable", "stale", "capacity")
@@ -144,6 +145,8 @@ def eval_point(evals: list[dict], default_iteration: int) -> dict[str, Any]:
         "success": overall["success"],
         "progress": overall["progress"],
         "n_tasks": overall["n_tasks"],
+        "call_turns": overall.get("call_turns"),
+        "call_turns_passed": overall.get("call_turns_passed"),
         "skills": {e["key"]: {"success": e["success"], "progress": e["progress"], "n_tasks": e["n_tasks"]} for e in evals if e["kind"] == "skill"},
     }
 
@@ -250,11 +253,12 @@ def render_tables(summaries: list[dict]) -> list[Any]:
         if s["evals"]:
             e = Table(title=f"{s['name']}: held-out success / progress by GRPO iterations done", title_justify="left")
             skills = sorted({k for p in s["evals"] for k in p["skills"]})
-            for header in ["after iter", "traj", "success", "progress", *skills]:
+            for header in ["after iter", "traj", "success", "progress", "call turns", *skills]:
                 e.add_column(header, justify="right")
             for p in s["evals"]:
                 per_skill = [_fmt(p["skills"][k]["success"]) + " / " + _fmt(p["skills"][k]["progress"]) if k in p["skills"] else "-" for k in skills]
-                e.add_row(str(p["iteration"]), _fmt(p.get("trajectories_total")), _fmt(p["success"]), _fmt(p["progress"]), *per_skill)
+                e.add_row(str(p["iteration"]), _fmt(p.get("trajectories_total")), _fmt(p["success"]), _fmt(p["progress"]),
+                          call_turns_text(p), *per_skill)
             tables.append(e)
     return tables
 
