@@ -111,7 +111,31 @@ def test_a_run_that_has_not_evaluated_yet_is_left_out(study_dir, tmp_path, capsy
     assert s["pending"] == ["binary/seed0"] and "binary" not in s["final"]["arms"]
     assert s["final"]["iteration"] == 2
     assert main(["report", str(study_dir), "--study", "--out", str(tmp_path / "rep")]) == 0
-    assert "no held-out eval yet: binary/seed0" in capsys.readouterr().out
+    assert "not yet at the last held-out eval: binary/seed0" in capsys.readouterr().out
+    # once it has its start eval it is still in progress: left out, the table stays at iteration 2
+    _eval_file(study_dir / "binary" / "seed0" / "setup" / "eval.parquet", 0, START)
+    s = study.summarize_study(study_dir, n_boot=200)
+    assert s["pending"] == ["binary/seed0"] and "binary" not in s["final"]["arms"]
+    assert s["final"]["iteration"] == 2 and s["final"]["arms"]["rods"]["seeds"] == [0, 1, 2]
+
+
+def test_diagnosis_counts_the_held_out_changes_and_the_training_groups(study_dir):
+    """static gains on the 7 tasks below 1.0 in every seed, random on none; the groups are the
+    fixture's: seed k, iteration n has 1 + k + n informative groups of 4, all base."""
+    s = study.summarize_study(study_dir, n_boot=200)
+    held = s["diagnosis"]["heldout"]
+    assert held["iteration"] == 2
+    static, random = held["arms"]["static"], held["arms"]["random"]
+    assert (static["runs"], static["tasks_up"], static["tasks_down"], static["tasks_changed"]) == (3, 7, 0, 7)
+    assert static["changed"]["h0"] == 3 and "h4" not in static["changed"]  # h4 starts at 1.0
+    assert (random["tasks_up"], random["tasks_changed"]) == (0, 0)
+    assert held["changed_in_every_run"] == []  # random changed nothing
+    groups = s["diagnosis"]["groups"]["rods"]
+    # 3 seeds x 2 iterations x 4 groups; informative 1+2, 2+3, 3+4 of 8 -> 15 of 24
+    assert groups["groups"] == 24 and groups["by_skill"]["base"]["informative"] == pytest.approx(15 / 24)
+    assert groups["zones"] == {"boundary": 15, "hard": 9}
+    header, rows = study.diagnosis.change_rows(s["diagnosis"])
+    assert header[0] == "arm" and rows[1][:5] == ["static", "3", "7.0", "0.0", "7"]
 
 
 def test_budget_to_match_the_baseline(study_dir):

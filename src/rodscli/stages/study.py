@@ -12,7 +12,8 @@ The final table compares the arms at the last held-out evaluation that every run
 (the same trajectory budget for all): per arm the mean over seeds and held-out tasks, overall
 and per skill type; per arm against the baseline (`static`) and against its own start, the
 mean difference with its paired-bootstrap 95% interval over the common seeds and the held-out
-tasks (stats.paired_bootstrap). Runs still in progress simply count with what they have.
+tasks (stats.paired_bootstrap). A run still in progress (not yet at the study's last held-out
+evaluation) is left out of the tables and named under them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from rodscli import stats
 from rodscli.errors import InputError
 from rodscli.schemas import SKILLS
+from rodscli.stages import study_diagnosis as diagnosis
 from rodscli.stages.report import _fmt, _read, figures, png_bytes, summarize_run
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -114,7 +116,8 @@ def curves(runs: dict[int, dict]) -> dict[str, list[dict]]:
 
 
 def common_iteration(arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]) -> int:
-    """The last held-out evaluation that every run of the study has (0: only the start)."""
+    """The last held-out evaluation that every run of the study has (0: only the start); after
+    `_started`, the study's last one."""
     sets = [{p["iteration"] for p in summaries[a][s]["evals"]} for a in arms for s in arms[a]]
     common = set.intersection(*sets) if sets else set()
     return max(common) if common else 0
@@ -225,18 +228,24 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
         "times": {a: {str(s): t for s, t in v.items()} for a, v in times.items()},
         "time_total_s": sum(t for v in times.values() for t in v.values()),
         "pending": pending,
+        "diagnosis": {"heldout": diagnosis.heldout_changes(arms, iteration, task_scores),
+                      "groups": diagnosis.training_groups(arms, iteration)},
     }
 
 
 def _started(study: Path, arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]):
-    """Leave out the runs of a running study that have no held-out eval yet (not even the start's):
-    they have nothing to compare. Returns the arms and summaries left and the runs left out ("arm/seedS")."""
-    pending = [f"{a}/seed{s}" for a, runs in arms.items() for s in runs if not summaries[a][s]["evals"]]
-    kept = {a: {s: r for s, r in runs.items() if summaries[a][s]["evals"]} for a, runs in arms.items()}
-    kept = {a: runs for a, runs in kept.items() if runs}
-    if not kept:
+    """Leave out the runs of a running study that have not reached its last held-out evaluation
+    (the latest any run has: every arm spends the same budget), so that one run still at its
+    start does not pull the comparison back to iteration 0. Returns the arms and summaries left
+    and the runs left out ("arm/seedS")."""
+    reached = {(a, s): {p["iteration"] for p in summaries[a][s]["evals"]} for a, runs in arms.items() for s in runs}
+    if not any(reached.values()):
         raise InputError("no run of the study has a held-out eval yet (not even the start's): nothing to report",
                          where=str(study))
+    last = max(max(its) for its in reached.values() if its)
+    pending = [f"{a}/seed{s}" for (a, s), its in reached.items() if last not in its]
+    kept = {a: {s: r for s, r in runs.items() if last in reached[(a, s)]} for a, runs in arms.items()}
+    kept = {a: runs for a, runs in kept.items() if runs}
     return kept, {a: {s: summaries[a][s] for s in runs} for a, runs in kept.items()}, pending
 
 
@@ -293,8 +302,10 @@ def render_tables(summary: dict) -> list[Any]:
         for cells in rows:
             t.add_row(*cells)
         if summary.get("pending"):
-            t.caption = "left out, no held-out eval yet: " + ", ".join(summary["pending"])
+            t.caption = "left out, not yet at the last held-out eval: " + ", ".join(summary["pending"])
         tables.append(t)
+    if summary.get("diagnosis"):
+        tables += diagnosis.render(summary["diagnosis"])
     return tables
 
 
@@ -337,14 +348,19 @@ def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
         parts.append(f"<li><b>{html.escape(arm)}</b>: seeds {html.escape(', '.join(map(str, a['seeds'])))}; "
                      f"time {_fmt(secs / 3600 if secs else None)} h</li>")
     parts.append("</ul>")
-    for metric in METRICS:
-        header, rows = table_cells(summary, metric)
-        parts.append(f"<h2>held-out {metric} x 100 after {summary['final']['iteration']} GRPO iterations</h2><table><tr>")
+    tables = [(f"held-out {metric} x 100 after {summary['final']['iteration']} GRPO iterations", table_cells(summary, metric))
+              for metric in METRICS]
+    if summary.get("diagnosis"):
+        tables += [("held-out tasks changed against the start", diagnosis.change_rows(summary["diagnosis"])),
+                   ("training groups", diagnosis.group_rows(summary["diagnosis"]))]
+    for i, (title, (header, rows)) in enumerate(tables):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in header] + ["</tr>"]
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
         parts.append("</table>")
-    parts.append("<p>Differences: mean over the common seeds and the held-out tasks, with the 2.5-97.5 percentiles of "
-                 "the paired bootstrap (seeds and tasks resampled, pairs kept); * marks an interval that excludes 0.</p>")
+        if i == len(METRICS) - 1:
+            parts.append("<p>Differences: mean over the common seeds and the held-out tasks, with the 2.5-97.5 percentiles of "
+                         "the paired bootstrap (seeds and tasks resampled, pairs kept); * marks an interval that excludes 0.</p>")
     parts += figures(pngs)
     parts.append("</body></html>")
     return "\n".join(parts).encode()
