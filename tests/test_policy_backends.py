@@ -239,3 +239,43 @@ def test_hf_prompt_inside_another_episodes_cache_needs_no_forward(tiny_policy):
     assert second.token_ids == first.token_ids and second.logprobs == pytest.approx(first.logprobs, abs=1e-5)
     # and a one-token prompt (an empty prefix) as well
     assert len(backend.generate([Request([7], 3, seed=1, key="c")], stop_ids=[0])[0].token_ids) >= 1
+
+
+def test_hf_backend_bounds_episodes_in_flight_by_the_memory_their_kv_caches_need(tiny_policy):
+    """An episode of --max-tokens T holds up to 3 copies of T tokens of KV (2 x layers x kv heads
+    x head dim x 4 bytes each in fp32); the backend allows as many as fit in half of the memory
+    available. Too many at once used to end in the OOM killer's SIGKILL, with no message."""
+    from rodscli.policy.hf import HFBackend
+
+    backend = HFBackend(tiny_policy, Sampling(), device="cpu")
+    cfg = backend.model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    n, why = backend.max_in_flight(1000, available=2 * 5 * 3 * 1000 * per_token)
+    assert n == 5 and "--max-tokens 1000" in why and "GiB" in why
+    assert backend.max_in_flight(1000, available=1)[0] == 1  # never fewer than one
+    n_here, _ = backend.max_in_flight(1000)  # this machine's MemAvailable
+    assert n_here >= 1
+
+
+def test_rollout_runs_fewer_episodes_at_once_when_the_backend_says_they_would_not_fit(tiny_policy):
+    """The rollout stage takes the backend's bound instead of --batch-size, says so once, and
+    still runs every episode."""
+    from rodscli.policy.hf import HFBackend, kv_bytes_per_token
+    from rodscli.reporter import Silent
+
+    class SmallMemory(HFBackend):  # the real backend, told that memory has room for 2 episodes
+        widest = 0
+
+        def max_in_flight(self, max_tokens, available=None):
+            return super().max_in_flight(max_tokens, available=2 * 2 * 3 * max_tokens * kv_bytes_per_token(self.model))
+
+        def generate(self, requests, stop_ids):
+            self.widest = max(self.widest, len(requests))
+            return super().generate(requests, stop_ids)
+
+    backend = SmallMemory(tiny_policy, Sampling(temperature=1.0), device="cpu")
+    opts = RolloutOptions(group_size=4, max_new_tokens=4, max_tokens=2000, batch_size=32)
+    reporter = Silent()
+    out = rollout(few_tasks(), backend, opts, seed=1, reporter=reporter)
+    assert len(out) == 8 and backend.widest == 2  # 8 episodes, never more than 2 at once
+    assert len(reporter.warnings) == 1 and "running 2 episodes at a time instead of --batch-size 32" in reporter.warnings[0]

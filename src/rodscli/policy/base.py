@@ -63,6 +63,12 @@ class Backend(ABC):
     def release(self, keys: list[str]) -> None:  # noqa: B027 - optional hook
         """Forget the state kept for these episodes (they have ended)."""
 
+    def max_in_flight(self, max_tokens: int) -> tuple[int, str] | None:
+        """How many episodes of up to `max_tokens` tokens this backend can hold at once in the
+        memory it has, and why (for the warning); None when it bounds its own memory (a server,
+        vLLM's paged cache)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model / connections."""
 

@@ -261,6 +261,18 @@ def prompt_room_warning(task_id: str, n_prompt: int, n_eot: int, opts: RolloutOp
             f"{opts.max_tokens} leaves {room} for replies, fewer than --max-new-tokens {opts.max_new_tokens}; {fix}")
 
 
+def _in_flight(backend: Backend, opts: RolloutOptions, on_warning) -> int:
+    """--batch-size, or fewer when the backend says that many episodes would not fit in its
+    memory (the hf backend's KV caches; an OOM kill leaves no message), with a warning."""
+    bound = backend.max_in_flight(opts.max_tokens)
+    if bound is None or bound[0] >= opts.batch_size:
+        return opts.batch_size
+    n, why = bound
+    on_warning(f"{backend.name} backend: {why}; running {n} episodes at a time instead of --batch-size "
+               f"{opts.batch_size} (fewer with a lower --batch-size or --max-tokens)")
+    return n
+
+
 def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, seed: int = 0,
                   reporter: Reporter | None = None) -> Iterator[dict]:
     """Run G episodes per task; yield each rollout record as its episode finishes.
@@ -275,9 +287,10 @@ def iter_rollouts(tasks: list[dict], backend: Backend, opts: RolloutOptions, see
         for task in tasks for k in range(opts.group_size)
     )
     active: list[EpisodeRun] = []
+    in_flight = _in_flight(backend, opts, on_warning)
     try:
         while waiting or active:
-            while waiting and len(active) < opts.batch_size:
+            while waiting and len(active) < in_flight:
                 run = waiting.popleft()
                 active.append(run)
                 run.start()
