@@ -172,7 +172,7 @@ def _growing_layer_class() -> type:
 _EXTEND_BUDGET = 1 << 24
 # an episode in flight holds its KV up to three times at once: kept between its turns, copied
 # into the batch's cache, and that cache reallocated as it grows (measured: 32 SmolLM2-135M
-# episodes of ~3,000 tokens, 46 KB of KV per token, reached 14 GB of RSS before the OOM killer)
+# episodes of ~3,000 tokens, 45 KiB of KV per token, reached 14 GB of RSS before the OOM killer)
 _KV_COPIES = 3
 # the share of the memory available when the backend starts that its KV caches may take
 _MEMORY_SHARE = 0.5
