@@ -43,8 +43,8 @@ def call_turns(task: dict | None, episodes: list[dict]) -> tuple[int | None, flo
     if not task or "reference" not in task:
         return None, None
     turns = [i for i, calls in enumerate(task["reference"]) if calls]
-    passed = [sum(1 for i in turns if i < len(e["turn_scores"]) and e["turn_scores"][i] >= 1.0) for e in episodes]
-    return len(turns), sum(passed) / len(episodes)
+    passed = sum(1 for e in episodes for i in turns if e["turn_scores"][i] >= 1.0)  # one score per reference turn
+    return len(turns), passed / len(episodes)
 
 
 def call_turns_text(record: dict) -> str:

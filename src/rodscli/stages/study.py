@@ -115,14 +115,6 @@ def curves(runs: dict[int, dict]) -> dict[str, list[dict]]:
     return out
 
 
-def common_iteration(arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]) -> int:
-    """The last held-out evaluation that every run of the study has (0: only the start); after
-    `_started`, the study's last one."""
-    sets = [{p["iteration"] for p in summaries[a][s]["evals"]} for a in arms for s in arms[a]]
-    common = set.intersection(*sets) if sets else set()
-    return max(common) if common else 0
-
-
 def score_matrix(runs: dict[int, Path], seeds: list[int], iteration: int, task_ids: list[str], metric: str) -> np.ndarray:
     """[seeds x tasks] per-task `metric` at `iteration`, rows in `seeds` order, columns in `task_ids` order."""
     rows = []
@@ -215,9 +207,8 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
     study = Path(study)
     arms = study_runs(study)
     summaries = {a: {s: summarize_run(run, f"{a}/seed{s}") for s, run in runs.items()} for a, runs in arms.items()}
-    arms, summaries, pending = _started(study, arms, summaries)
+    arms, summaries, pending, iteration = _started(study, arms, summaries)
     curves_by_arm = {a: curves(runs) for a, runs in summaries.items()}
-    iteration = common_iteration(arms, summaries)
     times = read_times(study)
     return {
         "path": str(study),
@@ -236,8 +227,8 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
 def _started(study: Path, arms: dict[str, dict[int, Path]], summaries: dict[str, dict[int, dict]]):
     """Leave out the runs of a running study that have not reached its last held-out evaluation
     (the latest any run has: every arm spends the same budget), so that one run still at its
-    start does not pull the comparison back to iteration 0. Returns the arms and summaries left
-    and the runs left out ("arm/seedS")."""
+    start does not pull the comparison back to iteration 0. Returns the arms and summaries left,
+    the runs left out ("arm/seedS") and that last evaluation (the one every run left has)."""
     reached = {(a, s): {p["iteration"] for p in summaries[a][s]["evals"]} for a, runs in arms.items() for s in runs}
     if not any(reached.values()):
         raise InputError("no run of the study has a held-out eval yet (not even the start's): nothing to report",
@@ -246,7 +237,7 @@ def _started(study: Path, arms: dict[str, dict[int, Path]], summaries: dict[str,
     pending = [f"{a}/seed{s}" for (a, s), its in reached.items() if last not in its]
     kept = {a: {s: r for s, r in runs.items() if last in reached[(a, s)]} for a, runs in arms.items()}
     kept = {a: runs for a, runs in kept.items() if runs}
-    return kept, {a: {s: summaries[a][s] for s in runs} for a, runs in kept.items()}, pending
+    return kept, {a: {s: summaries[a][s] for s in runs} for a, runs in kept.items()}, pending, last
 
 
 def _trajectories(runs: dict[int, dict], iteration: int) -> int | None:
@@ -337,6 +328,12 @@ def plot_study(summary: dict) -> list[tuple[str, str, bytes]]:
     return made
 
 
+def _html_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """An <h2> title and a table of strings, escaped."""
+    return [f"<h2>{html.escape(title)}</h2><table><tr>", *[f"<th>{html.escape(h)}</th>" for h in header], "</tr>",
+            *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows], "</table>"]
+
+
 def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
     """index.html of a study report, showing the PNGs by name."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>rods study</title>",
@@ -348,19 +345,14 @@ def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
         parts.append(f"<li><b>{html.escape(arm)}</b>: seeds {html.escape(', '.join(map(str, a['seeds'])))}; "
                      f"time {_fmt(secs / 3600 if secs else None)} h</li>")
     parts.append("</ul>")
-    tables = [(f"held-out {metric} x 100 after {summary['final']['iteration']} GRPO iterations", table_cells(summary, metric))
-              for metric in METRICS]
+    for metric in METRICS:
+        parts += _html_table(f"held-out {metric} x 100 after {summary['final']['iteration']} GRPO iterations",
+                             *table_cells(summary, metric))
+    parts.append("<p>Differences: mean over the common seeds and the held-out tasks, with the 2.5-97.5 percentiles of "
+                 "the paired bootstrap (seeds and tasks resampled, pairs kept); * marks an interval that excludes 0.</p>")
     if summary.get("diagnosis"):
-        tables += [("held-out tasks changed against the start", diagnosis.change_rows(summary["diagnosis"])),
-                   ("training groups", diagnosis.group_rows(summary["diagnosis"]))]
-    for i, (title, (header, rows)) in enumerate(tables):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
-        parts += [f"<th>{html.escape(h)}</th>" for h in header] + ["</tr>"]
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
-        parts.append("</table>")
-        if i == len(METRICS) - 1:
-            parts.append("<p>Differences: mean over the common seeds and the held-out tasks, with the 2.5-97.5 percentiles of "
-                         "the paired bootstrap (seeds and tasks resampled, pairs kept); * marks an interval that excludes 0.</p>")
+        parts += _html_table("held-out tasks changed against the start", *diagnosis.change_rows(summary["diagnosis"]))
+        parts += _html_table("training groups", *diagnosis.group_rows(summary["diagnosis"]))
     parts += figures(pngs)
     parts.append("</body></html>")
     return "\n".join(parts).encode()

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from rodscli.stages.eval import aggregate
 from rodscli.stages.report import _read, iteration_dirs
 
 
@@ -35,11 +36,6 @@ def _changes(start: dict[str, dict], end: dict[str, dict]) -> tuple[set[str], se
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _total(scores: dict[str, dict], field: str) -> float | None:
-    values = [r.get(field) for r in scores.values()]
-    return None if not values or any(v is None for v in values) else float(sum(values))
 
 
 def heldout_changes(arms: dict[str, dict[int, Path]], iteration: int, task_scores) -> dict[str, Any]:
@@ -59,13 +55,13 @@ def heldout_changes(arms: dict[str, dict[int, Path]], iteration: int, task_score
             downs.append(len(down))
             changed.update(up | down)
             every_run.append(up | down)
-            calls0.append(_mean([r.get("n_calls") or 0.0 for r in start.values()]))
-            calls1.append(_mean([r.get("n_calls") or 0.0 for r in end.values()]))
-            for scores, sink in ((start, turns0), (end, turns1)):
-                passed = _total(scores, "call_turns_passed")
-                if passed is not None:
-                    sink.append(passed)
-            n_turns = _total(end, "call_turns")
+            before, after = (aggregate(list(scores.values()))[-1] for scores in (start, end))  # the overall records
+            calls0.append(before["n_calls"])
+            calls1.append(after["n_calls"])
+            for overall, sink in ((before, turns0), (after, turns1)):
+                if overall.get("call_turns_passed") is not None:
+                    sink.append(overall["call_turns_passed"])
+            n_turns = after.get("call_turns")
         out[arm] = {"runs": len(ups), "tasks_up": _mean(ups), "tasks_down": _mean(downs), "tasks_changed": len(changed),
                     "changed": dict(changed.most_common()), "calls_per_task": [_mean(calls0), _mean(calls1)],
                     "call_turns": n_turns, "call_turns_passed": [_mean(turns0), _mean(turns1)]}
