@@ -68,25 +68,38 @@ def server_cpu(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def serve(checkpoint: str, port: int, log: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("transformers")
+def serve(args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    """Start the teacher's server on 127.0.0.1 and wait until it answers /v1/models."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([str(exe), "serve", checkpoint, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    if args.server == "llama-cpp":  # llama-cpp-python's OpenAI-compatible server, reading the GGUF file itself
+        cmd = [args.server_python, "-m", "llama_cpp.server", "--model", args.teacher_checkpoint,
+               "--model_alias", args.teacher_checkpoint, "--host", "127.0.0.1", "--port", str(args.port),
+               "--n_ctx", "4096", "--n_threads", str(args.server_threads), "--verbose", "false"]
+    else:
+        exe = Path(args.server_python).with_name("transformers")
+        cmd = [str(exe), "serve", args.teacher_checkpoint, "--host", "127.0.0.1", "--port", str(args.port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     for _ in range(300):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/v1/models", timeout=2):
                 return proc
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(1)
     proc.kill()
-    raise SystemExit(f"transformers serve did not come up: see {log}")
+    raise SystemExit(f"the {args.server} server did not come up: see {log}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher-checkpoint", help="A local checkpoint for `transformers serve` "
-                    "(default: the tiny policy, made here: a quick run of the machinery, `make bench`)")
+    ap.add_argument("--teacher-checkpoint", help="A local checkpoint for `transformers serve`, or a GGUF file with "
+                    "--server llama-cpp (default: the tiny policy, made here: a quick run of the machinery, `make bench`)")
+    ap.add_argument("--server", choices=["transformers", "llama-cpp"], default="transformers",
+                    help="`transformers serve` (the serving extra) or llama-cpp-python's server (not a rods "
+                         "dependency: --server-python names an interpreter that has it)")
+    ap.add_argument("--server-python", default=sys.executable, help="The interpreter whose environment has the server")
+    ap.add_argument("--server-threads", type=int, default=1, help="llama-cpp: threads of the server")
     ap.add_argument("--builtin", type=int, default=4)
     ap.add_argument("--bfcl", type=int, default=4)
     ap.add_argument("--per-seed", type=int, default=1)
@@ -118,7 +131,7 @@ def main() -> None:
     plain_cpu = time.process_time() - start
     records.write_records(out / "template.jsonl", plain, "task")
 
-    proc = serve(args.teacher_checkpoint, args.port, out / "serve.log")
+    proc = serve(args, out / "serve.log")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the server (finally)
     try:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
@@ -137,7 +150,7 @@ def main() -> None:
     rejected = t.get("critique_rejected", {})
     summary = {
         "seeds": {"builtin": len(seeds) - len(train_seeds), "bfcl": len(train_seeds)}, "per_seed": args.per_seed,
-        "teacher": args.teacher_checkpoint, "max_tokens": args.max_tokens,
+        "teacher": args.teacher_checkpoint, "server": args.server, "max_tokens": args.max_tokens,
         "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
                      "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
                      "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},

@@ -140,6 +140,17 @@ def test_unvalidated_fields_outside_the_schema_are_kept(tmp_path):
     assert err.value.where.endswith("x.parquet:row 2")
 
 
+def test_columns_read_only_the_named_fields_of_a_parquet_file(tmp_path):
+    recs = [_rollout(0), {**_rollout(1), "surprise": {"x": 1}}]
+    records.write_records(tmp_path / "x.parquet", recs, "rollout", validate=False)
+    back = records.read_all(tmp_path / "x.parquet", "rollout", validate=False, columns=["task_id", "calls", "no_such"])
+    assert back == [{"task_id": r["task_id"], "calls": r["calls"]} for r in recs]  # JSON columns parsed, extras unread
+    records.write_records(tmp_path / "x.jsonl", recs, "rollout", validate=False)
+    assert records.read_all(tmp_path / "x.jsonl", "rollout", validate=False, columns=["task_id"])[1]["surprise"] == {"x": 1}
+    with pytest.raises(ValueError, match="cannot be validated"):
+        records.read_all(tmp_path / "x.parquet", "rollout", columns=["task_id"])
+
+
 def test_schemaless_parquet_round_trips_any_records(tmp_path):
     recs = [{"a": 1, "b": None}, {"a": [1, {"z": 2}]}, {"c": "x"}]
     records.write_records(tmp_path / "x.parquet", recs, None)

@@ -86,16 +86,21 @@ def iter_raw(path: str | Path, schema: str | None = None) -> Iterator[tuple[int,
             yield lineno, drop_null_optionals(record, optional_fields(schema))
 
 
-def read_records(path: str | Path, schema: str | None, validate: bool = True) -> Iterator[dict]:
+def read_records(path: str | Path, schema: str | None, validate: bool = True,
+                 columns: list[str] | None = None) -> Iterator[dict]:
     """Stream the records of a file; validate each against `schema` unless told not to.
 
+    `columns` (only with validate=False): a Parquet file gives only these fields of each
+    record (a JSONL file is read whole); for readers of a few fields of large records.
     Raises InputError / ValidationError naming the file, the line (row) and the field.
     """
     path = str(path)
     fmt = file_format(path)
     check = validate and schema is not None
+    if columns is not None and check:
+        raise ValueError("columns= reads part of each record: it cannot be validated")
     if fmt == "parquet":
-        reader = ParquetBatches(path, schema, BATCH)
+        reader = ParquetBatches(path, schema, BATCH, columns)
         batches = BatchValidator(schema, reader) if check else None
         for first, batch, records in reader:
             if batches is not None and not batches.batch_ok(batch, records):
@@ -129,9 +134,9 @@ def open_records(path: str | Path, schema: str | None = None, validate: bool = T
     return name, checked_jsonl(itertools.chain([first] if first else [], lines), path, name, validate)
 
 
-def read_all(path: str | Path, schema: str | None, validate: bool = True) -> list[dict]:
-    """Every record of a file, as a list (for inputs small enough to hold)."""
-    return list(read_records(path, schema, validate))
+def read_all(path: str | Path, schema: str | None, validate: bool = True, columns: list[str] | None = None) -> list[dict]:
+    """Every record of a file, as a list (for inputs small enough to hold); `columns` as in read_records."""
+    return list(read_records(path, schema, validate, columns))
 
 
 def find_problems(path: str | Path, schema: str) -> Iterator[tuple[str, str, str]]:

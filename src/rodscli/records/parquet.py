@@ -123,9 +123,13 @@ def no_gc() -> Iterator[None]:
 
 
 class ParquetBatches:
-    """Streams a Parquet file as lists of records, `batch` rows at a time."""
+    """Streams a Parquet file as lists of records, `batch` rows at a time.
 
-    def __init__(self, path: str, schema: str | None, batch: int):
+    `columns`: read only these fields (those the file has; the extras column is then not
+    read), for a caller that needs a few fields of large records; None reads everything.
+    """
+
+    def __init__(self, path: str, schema: str | None, batch: int, columns: list[str] | None = None):
         self.path = path
         self.batch = batch
         self.pf = parquet_file(path)
@@ -135,13 +139,16 @@ class ParquetBatches:
         # which fields may be absent: the layout the file was written with, else the reader's
         self.optional = optional_fields(recorded if recorded in schemas.available() else schema)
         self.names = self.pf.schema_arrow.names
+        if columns is not None:
+            self.names = [n for n in self.names if n in set(columns)]
+        self.columns = None if columns is None else self.names
 
     def __iter__(self) -> Iterator[tuple[int, pa.RecordBatch, list[dict]]]:
         """(number of the batch's first row, the Arrow batch, its records)."""
         row = 1
         names = [n for n in self.names if n != EXTRA_COLUMN]
         try:
-            for batch in self.pf.iter_batches(batch_size=self.batch):
+            for batch in self.pf.iter_batches(batch_size=self.batch, columns=self.columns):
                 with no_gc():
                     records = self._records(batch, names)
                 yield row, batch, records

@@ -32,6 +32,9 @@ from rodscli.stages.eval import call_turns_text
 ITER_DIR = re.compile(r"^iter_(\d+)$")
 RETIRE_REASONS = ("mastered", "unsolvable", "stale", "capacity")
 ZONES = ("hard", "boundary", "mastered")
+# the fields the run summary reads (groups and buffer entries carry whole rollouts and logs)
+GROUP_FIELDS = ["n", "zone", "mean", "informative", "selected"]
+BUFFER_FIELDS = ["status", "origin", "retire_reason", "log"]
 
 
 @dataclass
@@ -51,12 +54,13 @@ class ReportOptions:
 # reading a run
 
 
-def _read(path: Path, schema: str) -> list[dict] | None:
-    """All records of a file, or None when it does not exist (yet). Loop outputs are trusted:
-    they were validated when written, so they are not validated again here."""
+def _read(path: Path, schema: str, columns: list[str] | None = None) -> list[dict] | None:
+    """All records of a file (of a Parquet file only `columns`, when given), or None when it
+    does not exist (yet). Loop outputs are trusted: they were validated when written, so they
+    are not validated again here."""
     if not path.exists():
         return None
-    return records.read_all(path, schema, validate=False)
+    return records.read_all(path, schema, validate=False, columns=columns)
 
 
 def iteration_dirs(run: Path) -> list[tuple[int, Path]]:
@@ -171,16 +175,16 @@ def summarize_run(run: str | Path, name: str | None = None) -> dict[str, Any]:
     consumed = 0
     for n, folder in iteration_dirs(run):
         row: dict[str, Any] = {"iteration": n}
-        groups = _read(folder / "groups.parquet", "group")
+        groups = _read(folder / "groups.parquet", "group", GROUP_FIELDS)
         if groups is not None:
             row.update(group_stats(groups))
             consumed += row["trajectories"]
             row["trajectories_total"] = consumed
-        buffer = _read(folder / "buffer.parquet", "buffer")
+        buffer = _read(folder / "buffer.parquet", "buffer", BUFFER_FIELDS)
         if buffer is not None:
             row.update(buffer_stats(buffer, n))
         cand_path = folder / "candidates.parquet"
-        candidates = _read(cand_path, "task")
+        candidates = _read(cand_path, "task", ["id"])
         if candidates is not None:
             row.update(synthesis_stats(candidates, cand_path))
         metrics = _metrics(folder)

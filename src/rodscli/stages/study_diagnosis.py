@@ -63,7 +63,7 @@ def heldout_changes(arms: dict[str, dict[int, Path]], iteration: int, task_score
                     sink.append(overall["call_turns_passed"])
             n_turns = after.get("call_turns")
         out[arm] = {"runs": len(ups), "tasks_up": _mean(ups), "tasks_down": _mean(downs), "tasks_changed": len(changed),
-                    "changed": dict(changed.most_common()), "calls_per_task": [_mean(calls0), _mean(calls1)],
+                    "changed": dict(sorted(changed.items(), key=lambda kv: (-kv[1], kv[0]))), "calls_per_task": [_mean(calls0), _mean(calls1)],
                     "call_turns": n_turns, "call_turns_passed": [_mean(turns0), _mean(turns1)]}
     shared = set.intersection(*every_run) if every_run else set()
     return {"iteration": iteration, "arms": out, "changed_in_every_run": sorted(shared)}
@@ -86,7 +86,7 @@ def training_groups(arms: dict[str, dict[int, Path]], iteration: int) -> dict[st
         for run in runs.values():
             for number, folder in iteration_dirs(run):
                 if number < iteration:
-                    groups += _read(folder / "groups.parquet", "group") or []
+                    groups += _read(folder / "groups.parquet", "group", ["origin", "skill", "mean", "informative", "zone"]) or []
         out[arm] = {"groups": len(groups), "by_origin": _aggregate(groups, "origin"), "by_skill": _aggregate(groups, "skill"),
                     "zones": dict(Counter(g.get("zone") for g in groups).most_common())}
     return out
