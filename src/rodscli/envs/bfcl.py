@@ -192,20 +192,7 @@ def convert_entry(entry: dict, ground_truth: list[list[str]], category: str) -> 
             reference.append([parse_call(c, order) for c in calls])
         except ValueError as exc:
             raise InputError(str(exc), where=entry["id"], field=f"ground_truth[{turn}]") from None
-    # BFCL executes any method of an involved class, offered or not; one entry's ground truth
-    # (miss_func_49) calls a tool before the turn that releases it. Such a tool is not
-    # withheld here (recorded in meta), so that every reference stays reachable.
-    first_use: dict[str, int] = {}
-    for turn, calls in enumerate(reference):
-        for c in calls:
-            first_use.setdefault(c["name"], turn)
-    withheld, released_early = [], []
-    for turn, names in sorted(missed.items(), key=lambda kv: int(kv[0])):
-        for name in names:
-            if first_use.get(name, int(turn)) < int(turn):
-                released_early.append(name)
-            else:
-                withheld.append({"tool": name, "turn": int(turn)})
+    withheld, released_early = _withheld(missed, reference)
     return {
         "id": f"bfcl-{entry['id']}",
         "env": "bfcl",
@@ -234,6 +221,27 @@ def convert_entry(entry: dict, ground_truth: list[list[str]], category: str) -> 
             "withheld_used_early": released_early,
         },
     }
+
+
+def _withheld(missed: dict[str, list[str]], reference: list[list[dict]]) -> tuple[list[dict], list[str]]:
+    """The tools an entry holds back until a turn, and those its reference calls before that turn.
+
+    BFCL executes any method of an involved class, offered or not; one entry's ground truth
+    (miss_func_49) calls a tool before the turn that releases it. Such a tool is not withheld
+    (it is recorded in meta), so that every reference stays reachable.
+    """
+    first_use: dict[str, int] = {}
+    for turn, calls in enumerate(reference):
+        for c in calls:
+            first_use.setdefault(c["name"], turn)
+    withheld, released_early = [], []
+    for turn, names in sorted(missed.items(), key=lambda kv: int(kv[0])):
+        for name in names:
+            if first_use.get(name, int(turn)) < int(turn):
+                released_early.append(name)
+            else:
+                withheld.append({"tool": name, "turn": int(turn)})
+    return withheld, released_early
 
 
 def _id_number(task: dict) -> int:
