@@ -26,6 +26,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,7 +242,9 @@ def _apply_lora(model, cfg: TrainOptions):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads an attribute transformers deprecated: a warning the user can do nothing about
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def check_token_ids(steps: list[list[Sequence]], vocab: int) -> None:
