@@ -8,8 +8,9 @@
 # tool support: rods lists the tools in the system prompt in the Hermes form itself
 # (docs/real-models.md). Sizes are small so that the recipe stays near an hour of CPU time:
 # an estimate from the per-token costs measured in docs/real-models.md (SFT ~50 tokens per CPU
-# second, a 16-task greedy eval ~3.5 CPU minutes); run up to the eval after SFT (docs/real-models.md:
-# 35 of the 96 held-out tasks' 243 call turns after SFT); the loop part not yet end to end.
+# second, a 16-task greedy eval ~3.5 CPU minutes). Measured (docs/real-models.md): 0 of the 96 held-out
+# tasks' 243 call turns before SFT, 35 after it; the loop's 2 iterations at temperature 1.0 never
+# updated (no reward in any group), hence TEMPERATURE 0.7 below; the loop at 0.7 not yet end to end.
 
 SMOL_GGUF_NAME := SmolLM2-135M-Instruct.Q4_1.gguf
 # where pip put the wheel's file (found through importlib, never imported: its __init__
@@ -40,6 +41,10 @@ SFT_ARGS ?= --epochs 1 --lr $(if $(filter on,$(SMOL_LORA)),1e-3,1e-4) --sft-toke
 
 # loop size: each iteration rolls out BATCH x G episodes of ~2,000-3,000 tokens; everything
 # not set here (G=4, MAX_NEW_TOKENS=96, detection, synthesis, buffer) is pipelines/loop.mk's default
+# sampling temperature 0.7, not the loop's 1.0: measured on the SFT policy, the same 8 training
+# tasks x G=4 gave 0 of 32 episodes any reward at 1.0 (no group with reward variance: GRPO never
+# updates) and 5 of 32 at 0.7 (5 of 8 groups informative); docs/real-models.md
+TEMPERATURE ?= 0.7
 ITER ?= 2
 BATCH ?= 4
 MAX_TOKENS ?= 4096
