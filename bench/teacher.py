@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--agents", default="rewrite,critique,augment", help="As --teacher-agents.")
     ap.add_argument("--attempts", type=int, default=3, help="As --teacher-attempts.")
+    ap.add_argument("--extra-body", help="As --teacher-extra-body (a JSON object of server-specific request fields).")
     ap.add_argument("--out", default="runs/bench-teacher")
     args = ap.parse_args()
     out = Path(args.out)
@@ -136,7 +137,7 @@ def main() -> None:
     try:
         teacher = TeacherOptions(url=f"http://127.0.0.1:{args.port}/v1", model=args.teacher_checkpoint,
                                  concurrency=args.concurrency, max_tokens=args.max_tokens, agents=args.agents,
-                                 attempts=args.attempts)
+                                 attempts=args.attempts, extra_body=args.extra_body)
         server_before, start, wall = server_cpu(proc.pid), time.process_time(), time.monotonic()
         taught, stats = synthesize(seeds, known, opts, teacher=teacher)
         client_cpu, server_used = time.process_time() - start, server_cpu(proc.pid) - server_before
@@ -151,6 +152,7 @@ def main() -> None:
     summary = {
         "seeds": {"builtin": len(seeds) - len(train_seeds), "bfcl": len(train_seeds)}, "per_seed": args.per_seed,
         "teacher": args.teacher_checkpoint, "server": args.server, "max_tokens": args.max_tokens,
+        "extra_body": args.extra_body,
         "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
                      "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
                      "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},

@@ -172,6 +172,24 @@ def test_teacher_options_are_checked():
         TeacherOptions(url="http://127.0.0.1:1/v1", model="m", agents="rewrite,plan")
     with pytest.raises(BackendError, match="http://"):
         ChatClient("127.0.0.1:8000", "m")
+    for bad, why in (("{top_p: 1}", "not JSON"), ("[1]", "JSON object"), ('{"stream": true}', "cannot set stream")):
+        with pytest.raises(OptionError, match=why) as exc:
+            TeacherOptions(url="http://127.0.0.1:1/v1", model="m", extra_body=bad)
+        assert exc.value.field == "--teacher-extra-body"
+
+
+def test_extra_body_fields_go_with_every_request_and_into_the_provenance(scripted, tmp_path):
+    server, url = scripted((200, chat("no verdict")))
+    seed_file, out = tmp_path / "seeds.jsonl", tmp_path / "out.jsonl"
+    records.write_records(seed_file, seed_tasks(per_skill=1)[:2], "task")
+    extra = '{"top_k": 0, "repeat_penalty": 1.0, "temperature": 0.2}'
+    assert main(["synthesize", "--seeds", str(seed_file), "--per-seed", "1", "--out", str(out), "--teacher-url", url,
+                 "--teacher-model", "m", "--teacher-agents", "critique", "--teacher-attempts", "1",
+                 "--teacher-extra-body", extra]) == 0
+    assert len(server.bodies) == 2
+    for body in server.bodies:  # server-specific fields added; an extra field replaces rods's own (temperature)
+        assert (body["top_k"], body["repeat_penalty"], body["temperature"], body["model"]) == (0, 1.0, 0.2, "m")
+    assert records.read_provenance(out)["synthesis"]["teacher"]["extra_body"] == json.loads(extra)
 
 
 # ------------------------------------------------------------------------------- gates and parsing

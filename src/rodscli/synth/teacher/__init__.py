@@ -12,6 +12,7 @@ candidates judged per variant.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class TeacherOptions:
     temperature: float = option(0.7, help="The teacher's sampling temperature.")
     max_tokens: int = option(160, help="Longest teacher answer, in tokens.")
     prompts: str | None = option(None, help="A directory whose rewrite.md / critique.md / paraphrase.md / distract.md replace the packaged prompts.")
+    extra_body: str | None = option(None, help="A JSON object of request fields sent with every teacher request, for the server's own sampling settings (servers differ in their defaults): e.g. '{\"top_p\": 1.0, \"repeat_penalty\": 1.0}' for llama.cpp. It cannot set model, messages or stream.")
 
     def __post_init__(self) -> None:
         if self.url is None:
@@ -54,6 +56,22 @@ class TeacherOptions:
                               "--teacher-timeout > 0, --teacher-max-tokens >= 1", field="--teacher-concurrency")
         if self.attempts < 1:
             raise OptionError("need --teacher-attempts >= 1", field="--teacher-attempts")
+        self.extra_fields()  # a bad --teacher-extra-body fails before any work
+
+    def extra_fields(self) -> dict:
+        """--teacher-extra-body as a dict ({} when not given)."""
+        if self.extra_body is None:
+            return {}
+        try:
+            extra = json.loads(self.extra_body)
+        except ValueError as exc:
+            raise OptionError(f"not JSON ({exc})", field="--teacher-extra-body") from None
+        if not isinstance(extra, dict):
+            raise OptionError("must be a JSON object of request fields", field="--teacher-extra-body")
+        fixed = sorted(set(extra) & {"model", "messages", "stream"})
+        if fixed:
+            raise OptionError(f"cannot set {', '.join(fixed)} (rods sets them)", field="--teacher-extra-body")
+        return extra
 
     @property
     def steps(self) -> list[str]:
@@ -68,8 +86,9 @@ def teach(candidates: list[dict], opts: TeacherOptions, seed: int = 0,
     prompts = load_prompts(opts.prompts)
     client = ChatClient(opts.url, opts.model, api_key_env=opts.key_env, concurrency=opts.concurrency,  # type: ignore[arg-type]
                         timeout=opts.timeout, retries=opts.retries, temperature=opts.temperature,
-                        max_tokens=opts.max_tokens)
+                        max_tokens=opts.max_tokens, extra=opts.extra_fields())
     stats: dict = {"url": opts.url, "model": opts.model, "agents": opts.steps, "given": len(candidates),
+                   **({"extra_body": opts.extra_fields()} if opts.extra_body else {}),
                    "prompts": provenance({n: p for n, p in prompts.items()
                                           if (n if n in AGENTS else "augment") in opts.steps})}
     out = candidates

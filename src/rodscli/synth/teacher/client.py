@@ -39,7 +39,7 @@ class ChatClient:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "RODS_TEACHER_API_KEY",
                  concurrency: int = 4, timeout: float = 120.0, retries: int = 3, backoff: float = 1.0,
-                 temperature: float = 0.7, max_tokens: int = 160):
+                 temperature: float = 0.7, max_tokens: int = 160, extra: dict | None = None):
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise BackendError(f"the teacher URL must start with http:// or https:// (got {base_url!r})")
@@ -48,14 +48,16 @@ class ChatClient:
         self.api_key = os.environ.get(api_key_env) or None
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.extra = dict(extra or {})  # server-specific fields (--teacher-extra-body), sent with every request
         self.concurrency = max(1, concurrency)
         self.requests = 0  # HTTP requests sent, retries included
         self.retried = 0
 
     def body(self, req: ChatRequest) -> dict:
-        """The JSON body of one request (only fields every OpenAI-compatible server knows)."""
+        """The JSON body of one request: fields every OpenAI-compatible server knows, then the
+        caller's extra fields (which may replace temperature, max_tokens or seed)."""
         return {"model": self.model, "messages": req.messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "seed": req.seed, "stream": False}
+                "max_tokens": self.max_tokens, "seed": req.seed, "stream": False, **self.extra}
 
     def _post(self, body: dict) -> Any:
         headers = {"Content-Type": "application/json"}
