@@ -91,7 +91,33 @@ def serve(args: argparse.Namespace, log: Path) -> subprocess.Popen:
     raise SystemExit(f"the {args.server} server did not come up: see {log}")
 
 
-def main() -> None:
+def teacher_run(t: dict, plain: list[dict], taught: list[dict], args: argparse.Namespace,
+                cost: tuple[float, float, float]) -> dict:
+    """The teacher run's numbers: acceptance by agent, diversity, cost (client and server CPU s, wall s)."""
+    client_cpu, server_used, wall = cost
+    rejected = t.get("critique_rejected", {})
+    return {
+        "rewrite_accepted": f"{t.get('rewritten_turns', 0)}/{t.get('turns', 0)}",
+        "rewrite_share": round(t.get("rewritten_turns", 0) / max(1, t.get("turns", 0)), 4),
+        "agents": args.agents, "critique_rejected": rejected,
+        "critique_accepted": f"{t.get('critique_attempts', {}).get('judged', 0) - sum(rejected.values())}"
+                             f"/{t.get('critique_attempts', {}).get('judged', 0)} judged",
+        "critique_attempts": t.get("critique_attempts", {}),
+        "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
+        "candidates": len(taught), "requests": t["requests"],
+        "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
+        # the same turns (the candidates the critique kept, before and after Rewrite):
+        # distinct-2 falls as text grows, so only equal amounts of text compare
+        "distinct_2_same_turns": same_turns(plain, taught),
+        "distinct_2_rewritten_only": round(distinct_2(
+            [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
+             for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
+        "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
+        "candidates_per_cpu_s": float(f"{len(taught) / (client_cpu + server_used):.3g}"),
+    }
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher-checkpoint", help="A local checkpoint for `transformers serve`, or a GGUF file with "
                     "--server llama-cpp (default: the tiny policy, made here: a quick run of the machinery, `make bench`)")
@@ -110,7 +136,11 @@ def main() -> None:
     ap.add_argument("--attempts", type=int, default=3, help="As --teacher-attempts.")
     ap.add_argument("--extra-body", help="As --teacher-extra-body (a JSON object of server-specific request fields).")
     ap.add_argument("--out", default="runs/bench-teacher")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.teacher_checkpoint is None:
@@ -147,8 +177,6 @@ def main() -> None:
         proc.wait(timeout=60)
     records.write_records(out / "teacher.jsonl", taught, "task", provenance_info={"synthesis": stats})
 
-    t = stats["teacher"]
-    rejected = t.get("critique_rejected", {})
     summary = {
         "seeds": {"builtin": len(seeds) - len(train_seeds), "bfcl": len(train_seeds)}, "per_seed": args.per_seed,
         "teacher": args.teacher_checkpoint, "server": args.server, "max_tokens": args.max_tokens,
@@ -156,25 +184,7 @@ def main() -> None:
         "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
                      "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
                      "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},
-        "teacher_run": {
-            "rewrite_accepted": f"{t.get('rewritten_turns', 0)}/{t.get('turns', 0)}",
-            "rewrite_share": round(t.get("rewritten_turns", 0) / max(1, t.get("turns", 0)), 4),
-            "agents": args.agents, "critique_rejected": rejected,
-            "critique_accepted": f"{t.get('critique_attempts', {}).get('judged', 0) - sum(rejected.values())}"
-                                 f"/{t.get('critique_attempts', {}).get('judged', 0)} judged",
-            "critique_attempts": t.get("critique_attempts", {}),
-            "augmented": t.get("augmented", 0), "augment_rejected": t.get("augment_rejected", {}),
-            "candidates": len(taught), "requests": t["requests"],
-            "distinct_2": round(distinct_2([u for c in taught for u in c["user_turns"]]), 4),
-            # the same turns (the candidates the critique kept, before and after Rewrite):
-            # distinct-2 falls as text grows, so only equal amounts of text compare
-            "distinct_2_same_turns": same_turns(plain, taught),
-            "distinct_2_rewritten_only": round(distinct_2(
-                [u for c in taught if "augment_of" not in c["synthesis"]["teacher"]
-                 for u, ok in zip(c["user_turns"], c["synthesis"]["teacher"].get("rewritten", []), strict=False) if ok]), 4),
-            "cpu_s": {"client": round(client_cpu, 2), "server": round(server_used, 2)}, "wall_s": round(wall, 1),
-            "candidates_per_cpu_s": float(f"{len(taught) / (client_cpu + server_used):.3g}"),
-        },
+        "teacher_run": teacher_run(stats["teacher"], plain, taught, args, (client_cpu, server_used, wall)),
     }
     ratio = summary["teacher_run"]["candidates_per_cpu_s"] / summary["template"]["candidates_per_cpu_s"]
     summary["ratio_candidates_per_cpu_s"] = float(f"{ratio:.3g}")
