@@ -140,7 +140,8 @@ class ParquetBatches:
         self.optional = optional_fields(recorded if recorded in schemas.available() else schema)
         self.names = self.pf.schema_arrow.names
         if columns is not None:
-            self.names = [n for n in self.names if n in set(columns)]
+            wanted = set(columns)
+            self.names = [n for n in self.names if n in wanted]
         self.columns = None if columns is None else self.names
 
     def __iter__(self) -> Iterator[tuple[int, pa.RecordBatch, list[dict]]]:

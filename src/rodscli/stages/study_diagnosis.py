@@ -25,6 +25,9 @@ from typing import Any
 from rodscli.stages.eval import aggregate
 from rodscli.stages.report import _read, iteration_dirs
 
+# the fields of a training group the diagnosis reads (a group record is much larger)
+GROUP_FIELDS = ["origin", "skill", "mean", "informative", "zone"]
+
 
 def _changes(start: dict[str, dict], end: dict[str, dict]) -> tuple[set[str], set[str]]:
     """Held-out task ids whose progress rose and fell between two evals of one run."""
@@ -86,7 +89,7 @@ def training_groups(arms: dict[str, dict[int, Path]], iteration: int) -> dict[st
         for run in runs.values():
             for number, folder in iteration_dirs(run):
                 if number < iteration:
-                    groups += _read(folder / "groups.parquet", "group", ["origin", "skill", "mean", "informative", "zone"]) or []
+                    groups += _read(folder / "groups.parquet", "group", GROUP_FIELDS) or []
         out[arm] = {"groups": len(groups), "by_origin": _aggregate(groups, "origin"), "by_skill": _aggregate(groups, "skill"),
                     "zones": dict(Counter(g.get("zone") for g in groups).most_common())}
     return out

@@ -84,11 +84,12 @@ def teach(candidates: list[dict], opts: TeacherOptions, seed: int = 0,
     by reason, replacements, copies added, requests sent, the prompts' hashes). Without
     `replace` a rejected candidate is dropped."""
     prompts = load_prompts(opts.prompts)
+    extra = opts.extra_fields()
     client = ChatClient(opts.url, opts.model, api_key_env=opts.key_env, concurrency=opts.concurrency,  # type: ignore[arg-type]
                         timeout=opts.timeout, retries=opts.retries, temperature=opts.temperature,
-                        max_tokens=opts.max_tokens, extra=opts.extra_fields())
+                        max_tokens=opts.max_tokens, extra=extra)
     stats: dict = {"url": opts.url, "model": opts.model, "agents": opts.steps, "given": len(candidates),
-                   **({"extra_body": opts.extra_fields()} if opts.extra_body else {}),
+                   **({"extra_body": extra} if extra else {}),
                    "prompts": provenance({n: p for n, p in prompts.items()
                                           if (n if n in AGENTS else "augment") in opts.steps})}
     out = candidates
