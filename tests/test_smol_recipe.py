@@ -47,9 +47,9 @@ def test_lora_warm_start_and_the_static_baseline_on_smol_settings(tmp_path):
     assert " synthesize " in static and "--per-seed 0" in static  # synthesis off: empty candidates
 
 
-def test_sft_more_adds_a_second_pass_on_other_training_tasks(tmp_path):
+def test_the_warm_start_is_two_passes_on_different_training_tasks_unless_sft_more_is_off(tmp_path):
     run = tmp_path / "run"
-    plan = _plan("loop", "PIPELINE=smol", f"RUN={run}", f"SMOL_HF={tmp_path}", "SFT_MORE=on").splitlines()
+    plan = _plan("loop", "PIPELINE=smol", f"RUN={run}", f"SMOL_HF={tmp_path}").splitlines()
     first, second = [line for line in plan if "--mode sft" in line]
     assert f"--tasks {run}/setup/sft_tasks.jsonl --out {run}/setup/sft_first.tmp" in first
     assert f"--policy {run}/setup/sft_first --tasks {run}/setup/sft_more_tasks.jsonl" in second
@@ -57,3 +57,6 @@ def test_sft_more_adds_a_second_pass_on_other_training_tasks(tmp_path):
     assert first.split(".tmp", 1)[1] == second.split(".tmp", 1)[1]
     more = next(line for line in plan if "sft_more_tasks.jsonl.tmp" in line and "awk" in line)
     assert "awk 'NR % 9 == 4'" in more and "awk 'NR % 10 != 0'" in more
+    short = _plan("loop", "PIPELINE=smol", f"RUN={run}", f"SMOL_HF={tmp_path}", "SFT_MORE=off").splitlines()
+    (only,) = [line for line in short if "--mode sft" in line]
+    assert f"--out {run}/setup/policy.tmp" in only
