@@ -9,7 +9,7 @@
 # tool support: rods lists the tools in the system prompt in the Hermes form itself
 # (docs/real-models.md). Sizes are small so that the recipe stays near two hours of CPU time
 # (SFT ~45 tokens per CPU second: 178k tokens ~68 min; a 16-task greedy eval ~3.5 CPU minutes;
-# an iteration ~35 min). Measured (docs/real-models.md): 0 of the 96 held-out tasks' 243 call
+# an iteration 10-25 min). Measured (docs/real-models.md): 0 of the 96 held-out tasks' 243 call
 # turns before SFT, 35 after the first SFT pass (24 tasks), 94 after the second (SFT_MORE, on
 # by default here: from the first pass alone the loop had almost nothing to learn, 1 of 32
 # episodes rewarded; from the second, 15 of 32). At temperature 1.0 no episode earned a reward
