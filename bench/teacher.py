@@ -18,6 +18,12 @@ and all three agents. Printed and written to --out/summary.json:
 
     .venv/bin/python bench/teacher.py [--teacher-checkpoint CKPT --builtin 50 --bfcl 50 --per-seed 4]
 
+A long run splits into shards that run at once, each with its own server (its own --port and
+--out), and a merge that sums them: `--shard K/N` takes every N-th seed from the K-th of the
+same seed list; `--merge OUT_1 ... OUT_N --out DIR` recomputes the summary over all shards'
+candidates (counts and CPU seconds summed, wall = the longest shard's). A shard's
+near-duplicate filter sees its own shard's candidates only, in both arms alike.
+
 Without --teacher-checkpoint (as `make bench` runs it) the teacher is the tiny policy on
 4 + 4 seeds x 1: a quick check that the machinery runs, not a measurement of a teacher.
 """
@@ -74,7 +80,8 @@ def serve(args: argparse.Namespace, log: Path) -> subprocess.Popen:
     if args.server == "llama-cpp":  # llama-cpp-python's OpenAI-compatible server, reading the GGUF file itself
         cmd = [args.server_python, "-m", "llama_cpp.server", "--model", args.teacher_checkpoint,
                "--model_alias", args.teacher_checkpoint, "--host", "127.0.0.1", "--port", str(args.port),
-               "--n_ctx", "4096", "--n_threads", str(args.server_threads), "--verbose", "false"]
+               "--n_ctx", "4096", "--n_threads", str(args.server_threads),
+               "--n_threads_batch", str(args.server_threads), "--verbose", "false"]
     else:
         exe = Path(args.server_python).with_name("transformers")
         cmd = [str(exe), "serve", args.teacher_checkpoint, "--host", "127.0.0.1", "--port", str(args.port), "--device", "cpu"]
@@ -125,7 +132,8 @@ def parse_args() -> argparse.Namespace:
                     help="`transformers serve` (the serving extra) or llama-cpp-python's server (not a rods "
                          "dependency: --server-python names an interpreter that has it)")
     ap.add_argument("--server-python", default=sys.executable, help="The interpreter whose environment has the server")
-    ap.add_argument("--server-threads", type=int, default=1, help="llama-cpp: threads of the server")
+    ap.add_argument("--server-threads", type=int, default=1,
+                    help="llama-cpp: threads of the server, for the prompt and for generation")
     ap.add_argument("--builtin", type=int, default=4)
     ap.add_argument("--bfcl", type=int, default=4)
     ap.add_argument("--per-seed", type=int, default=1)
@@ -136,7 +144,69 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--attempts", type=int, default=3, help="As --teacher-attempts.")
     ap.add_argument("--extra-body", help="As --teacher-extra-body (a JSON object of server-specific request fields).")
     ap.add_argument("--out", default="runs/bench-teacher")
+    ap.add_argument("--shard", type=shard_spec, help="K/N: this run takes every N-th seed from the K-th (0-based)")
+    ap.add_argument("--merge", nargs="+", metavar="SHARD_OUT", help="Sum finished shards' --out directories into --out")
     return ap.parse_args()
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return int(k), int(n)
+
+
+def summed(a: object, b: object, key: str = "") -> object:
+    """Two shards' counts added (dicts key by key); settings and names must agree."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: summed(a[k], b[k], k) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+    if isinstance(a, int | float) and not isinstance(a, bool) and key not in SETTINGS:
+        return a + b
+    if a != b:
+        raise SystemExit(f"the shards disagree on {key!r}: {a!r} vs {b!r}")
+    return a
+
+
+SETTINGS = {"per_variant"}  # numbers in the teacher's stats that are settings, not counts
+
+
+def summarize(args: argparse.Namespace, seeds: dict, plain: list[dict], taught: list[dict], template_cpu: float,
+              stats: dict, cost: tuple[float, float, float]) -> dict:
+    summary = {
+        "seeds": seeds, "per_seed": args.per_seed,
+        "teacher": args.teacher_checkpoint, "server": args.server, "max_tokens": args.max_tokens,
+        "extra_body": args.extra_body,
+        "template": {"candidates": len(plain), "cpu_s": round(template_cpu, 2),
+                     "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
+                     "candidates_per_cpu_s": round(len(plain) / template_cpu, 3)},
+        "teacher_run": teacher_run(stats, plain, taught, args, cost),
+    }
+    ratio = summary["teacher_run"]["candidates_per_cpu_s"] / summary["template"]["candidates_per_cpu_s"]
+    summary["ratio_candidates_per_cpu_s"] = float(f"{ratio:.3g}")
+    return summary
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """The summary over finished shards: their candidates concatenated, their counts and CPU summed."""
+    plain, taught, parts = [], [], []
+    for d in map(Path, args.merge):
+        if not (d / "shard.json").exists():
+            raise SystemExit(f"{d}: no shard.json (not a finished `--shard` run)")
+        parts.append(json.loads((d / "shard.json").read_text()))
+        plain += list(records.read_records(d / "template.jsonl", "task"))
+        taught += list(records.read_records(d / "teacher.jsonl", "task"))
+    first = parts[0]["args"]
+    for k, v in first.items():
+        if any(p["args"][k] != v for p in parts):
+            raise SystemExit(f"the shards were run with different {k}")
+        setattr(args, "teacher_checkpoint" if k == "teacher" else k, v)
+    stats, seeds = parts[0]["stats"], parts[0]["seeds"]
+    for p in parts[1:]:
+        stats, seeds = summed(stats, p["stats"]), summed(seeds, p["seeds"])
+    cost = (sum(p["client_cpu"] for p in parts), sum(p["server_cpu"] for p in parts), max(p["wall"] for p in parts))
+    summary = summarize(args, seeds, plain, taught, sum(p["template_cpu"] for p in parts), stats, cost)
+    summary["shards"] = len(parts)
+    return summary
 
 
 def main() -> None:
@@ -152,8 +222,16 @@ def main() -> None:
 
     builtin = seed_tasks(per_skill=60)
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
+    if args.merge:
+        summary = merge(args)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
+        return
     train_seeds = train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
     seeds = (builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []) + train_seeds
+    bfcl_ids = {t["id"] for t in train_seeds}
+    if args.shard:
+        seeds = seeds[args.shard[0]::args.shard[1]]
     known = builtin + train  # the API graph's literals and the near-duplicate index, as in the loop
     opts = SynthesizeOptions(per_seed=args.per_seed)
 
@@ -177,17 +255,18 @@ def main() -> None:
         proc.wait(timeout=60)
     records.write_records(out / "teacher.jsonl", taught, "task", provenance_info={"synthesis": stats})
 
-    summary = {
-        "seeds": {"builtin": len(seeds) - len(train_seeds), "bfcl": len(train_seeds)}, "per_seed": args.per_seed,
-        "teacher": args.teacher_checkpoint, "server": args.server, "max_tokens": args.max_tokens,
-        "extra_body": args.extra_body,
-        "template": {"candidates": len(plain), "cpu_s": round(plain_cpu, 2),
-                     "distinct_2": round(distinct_2([u for c in plain for u in c["user_turns"]]), 4),
-                     "candidates_per_cpu_s": round(len(plain) / plain_cpu, 3)},
-        "teacher_run": teacher_run(stats["teacher"], plain, taught, args, (client_cpu, server_used, wall)),
-    }
-    ratio = summary["teacher_run"]["candidates_per_cpu_s"] / summary["template"]["candidates_per_cpu_s"]
-    summary["ratio_candidates_per_cpu_s"] = float(f"{ratio:.3g}")
+    n_bfcl = sum(t["id"] in bfcl_ids for t in seeds)
+    seed_counts = {"builtin": len(seeds) - n_bfcl, "bfcl": n_bfcl}
+    if args.shard:  # what --merge needs to sum this shard with the others
+        (out / "shard.json").write_text(json.dumps({
+            "shard": list(args.shard), "seeds": seed_counts,
+            "stats": {k: v for k, v in stats["teacher"].items() if k != "url"},  # each shard has its own port
+            "template_cpu": plain_cpu,
+            "client_cpu": client_cpu, "server_cpu": server_used, "wall": wall,
+            "args": {"per_seed": args.per_seed, "teacher": args.teacher_checkpoint, "server": args.server,
+                     "max_tokens": args.max_tokens, "extra_body": args.extra_body, "agents": args.agents,
+                     "attempts": args.attempts}}, indent=2) + "\n")
+    summary = summarize(args, seed_counts, plain, taught, plain_cpu, stats["teacher"], (client_cpu, server_used, wall))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
