@@ -461,3 +461,28 @@ def test_without_teacher_url_the_candidates_are_the_template_writers(tmp_path):
     lib, stats = synthesize(seeds, seeds, SynthesizeOptions(per_seed=2))
     assert "teacher" not in stats and all("teacher" not in t["synthesis"] for t in lib)
     assert records.read_all(out, "task") == lib
+
+
+def test_the_teacher_benchmarks_shards_sum_to_one_run():
+    """bench/teacher.py --merge: counts add up key by key, settings and names must agree,
+    and --shard K/N is checked (the acceptance run is measured as shards at once)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("teacher_bench", Path(__file__).resolve().parents[1] / "bench" / "teacher.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a = {"model": "m", "agents": ["rewrite"], "turns": 3, "critique_rejected": {"critique_invalid": 2},
+         "critique_attempts": {"per_variant": 3, "judged": 5, "synthesized": {"attempted": 4}}}
+    b = {"model": "m", "agents": ["rewrite"], "turns": 4, "critique_rejected": {"critique_invalid": 1},
+         "critique_attempts": {"per_variant": 3, "judged": 2, "synthesized": {"attempted": 1, "near_duplicate": 2}}}
+    assert bench.summed(a, b) == {"model": "m", "agents": ["rewrite"], "turns": 7,
+                                  "critique_rejected": {"critique_invalid": 3},
+                                  "critique_attempts": {"per_variant": 3, "judged": 7,
+                                                        "synthesized": {"attempted": 5, "near_duplicate": 2}}}
+    with pytest.raises(SystemExit, match="'model'"):
+        bench.summed(a, {**b, "model": "other"})
+    assert bench.shard_spec("1/4") == (1, 4)
+    for bad in ("4/4", "1", "a/2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="K/N"):
+            bench.shard_spec(bad)
