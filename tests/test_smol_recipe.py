@@ -32,7 +32,10 @@ def test_the_smol_loop_converts_the_gguf_once_and_warm_starts_from_it(tmp_path):
     assert "--max-tokens 4096" in rollout and "--timeout 7200" in rollout
     # a 135M model's samples at the loop's temperature 1.0 earn no reward (docs/real-models.md)
     assert "--temperature 0.7" in rollout
-    assert "--temperature 0.7" in next(line for line in plan.splitlines() if " train-step " in line and "--mode sft" not in line)
+    grpo = next(line for line in plan.splitlines() if " train-step " in line and "--mode sft" not in line)
+    assert "--temperature 0.7" in grpo
+    # 1e-6 moved no greedy held-out reply in the recipe's 2 iterations (docs/real-models.md)
+    assert "--lr 1e-5" in grpo
     # a converted checkpoint is reused: no conversion when it is there
     cache.mkdir(parents=True)
     assert "--from-gguf" not in _plan("loop", "PIPELINE=smol", f"RUN={tmp_path / 'run'}", f"SMOL_HF={cache}")
@@ -43,7 +46,7 @@ def test_lora_warm_start_and_the_static_baseline_on_smol_settings(tmp_path):
     assert "--lora-r 16" in next(line for line in plan.splitlines() if "--mode sft" in line)
     static = _plan("loop", "PIPELINE=static", "STATIC_OF=smol", f"RUN={tmp_path / 's'}", f"POLICY={tmp_path}", "SFT=off")
     assert "--floor 1.0" in static and "--batch-size 4" in static and "--max-tokens 4096" in static
-    assert "--temperature 0.7" in static
+    assert "--temperature 0.7" in static and "--lr 1e-5" in static  # both arms of the comparison alike
     assert " synthesize " in static and "--per-seed 0" in static  # synthesis off: empty candidates
 
 
