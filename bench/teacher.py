@@ -156,6 +156,9 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
+SETTINGS = {"per_variant"}  # numbers in the teacher's stats that are settings, not counts
+
+
 def summed(a: object, b: object, key: str = "") -> object:
     """Two shards' counts added (dicts key by key); settings and names must agree."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -165,9 +168,6 @@ def summed(a: object, b: object, key: str = "") -> object:
     if a != b:
         raise SystemExit(f"the shards disagree on {key!r}: {a!r} vs {b!r}")
     return a
-
-
-SETTINGS = {"per_variant"}  # numbers in the teacher's stats that are settings, not counts
 
 
 def summarize(args: argparse.Namespace, seeds: dict, plain: list[dict], taught: list[dict], template_cpu: float,
@@ -213,6 +213,11 @@ def main() -> None:
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:  # the shards' own files only: no server, no seeds
+        summary = merge(args)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
+        return
     if args.teacher_checkpoint is None:
         from rodscli.policy.tiny import init_policy
 
@@ -222,11 +227,6 @@ def main() -> None:
 
     builtin = seed_tasks(per_skill=60)
     train = list(bfcl_tasks(BFCLTasksOptions(split="train")))
-    if args.merge:
-        summary = merge(args)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps(summary, indent=2))
-        return
     train_seeds = train[::max(1, len(train) // args.bfcl)][:args.bfcl] if args.bfcl else []
     seeds = (builtin[::max(1, len(builtin) // args.builtin)][:args.builtin] if args.builtin else []) + train_seeds
     bfcl_ids = {t["id"] for t in train_seeds}
