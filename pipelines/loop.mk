@@ -37,6 +37,8 @@ RODS ?= $(abspath $(BIN))/rods
 RODS_FLAGS ?=
 # evaluate the held-out tasks after every EVAL_EVERY-th iteration (and after the last one)
 EVAL_EVERY ?= 1
+# the starting policy's held-out eval made elsewhere, copied instead of run (a study's shared start)
+START_EVAL ?=
 
 # Stage options the recipes set (defaults here are the embedded demo's)
 BACKEND ?= hf
@@ -183,8 +185,16 @@ endif
 $(SETUP)/buffer.parquet $(SETUP)/next_batch.parquet &: $(SETUP)/tasks.jsonl | install
 	$(call rods,$(SEED)) merge-buffer --init-from $< --out $(SETUP)/buffer.parquet --next-batch $(SETUP)/next_batch.parquet --iteration 0 $(MERGE_OPTS)
 
+# START_EVAL (set by a study, pipelines/study.mk): the held-out eval of this run's starting policy
+# already made elsewhere (the study's shared start), copied instead of run again, once the
+# held-out tasks beside it are checked to be this run's
 $(SETUP)/eval.parquet: $(SETUP)/policy $(SETUP)/heldout.jsonl | install
+ifeq ($(START_EVAL),)
 	$(call serve,$<) $(call rods,$(SEED)) eval --policy $< --tasks $(SETUP)/heldout.jsonl --out $@ --iteration 0 $(EVAL_OPTS)
+else
+	@cmp -s $(dir $(START_EVAL))heldout.jsonl $(SETUP)/heldout.jsonl || { echo "$(SETUP)/heldout.jsonl: not the held-out tasks of START_EVAL ($(dir $(START_EVAL))heldout.jsonl): its eval cannot stand for this run's start" >&2; exit 2; }
+	cp $(START_EVAL) $@.tmp && mv $@.tmp $@
+endif
 
 # ---------------------------------------------------------------------------------------
 # one iteration

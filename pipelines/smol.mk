@@ -65,5 +65,6 @@ EVAL_EVERY ?= 2
 # an episode's wall-clock limit (600 s by default) counts the time its batch-mates take too: a
 # batch of 135M-parameter episodes on a busy CPU passes it (measured: 13 of 16 held-out episodes
 # cut at 600 s with ~8 processes sharing 2 cores)
-ROLLOUT_ARGS ?= --timeout 7200
-EVAL_ARGS ?= --timeout 7200
+# 8 episodes in flight at once, as in every run measured here (docs/real-models.md)
+ROLLOUT_ARGS ?= --timeout 7200 --batch-size 8
+EVAL_ARGS ?= --timeout 7200 --batch-size 8

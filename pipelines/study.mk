@@ -3,6 +3,7 @@
 # final held-out table with RODS-minus-static differences and their paired-bootstrap intervals).
 #
 #   make study STUDY=runs/study ARMS='rods static' SEEDS='0 1 2'
+#   make study STUDY_OF=smol STUDY=runs/smol-study ARMS='rods static'   the same on SmolLM2
 #
 # Included by the Makefile after loop.mk. Every arm x seed is one `make loop` run in
 # STUDY/ARM/seedS, so a study resumes like a loop (Ctrl-C, kill -9: run the same command again);
@@ -14,12 +15,29 @@
 #   STUDY/report/               rods report over the study (index.html, summary.json, study.json)
 #
 # Every arm starts from the same policy (STUDY/start/setup/policy, one SFT for the whole
-# study) and spends the same budget, STUDY_ITER iterations x BATCH tasks x G rollouts; the
-# seed changes the batches, the rollouts and synthesis, never the start or the held-out tasks.
+# study, whose held-out eval every run copies) and spends the same budget, STUDY_ITER
+# iterations x BATCH tasks x G rollouts; the seed changes the batches, the rollouts and
+# synthesis, never the start or the held-out tasks.
+#
+# STUDY_OF is the recipe the arms vary: demo (the tiny policy) or smol (SmolLM2-135M-Instruct,
+# pipelines/smol.mk; the static arm is then pipelines/static.mk with STATIC_OF=smol). Each
+# recipe has its own study size below; STUDY_* on the command line overrides either.
 
 STUDY ?= runs/study
 ARMS ?= rods static random binary no-retire no-inject
 SEEDS ?= 0 1 2
+STUDY_OF ?= demo
+ifeq ($(STUDY_OF),smol)
+# SmolLM2 on 2 CPU cores: a run of 2 iterations x 4 tasks x 4 rollouts and a greedy eval of
+# 24 held-out tasks (every 4th of the 96) takes ~35-45 min of one core; the start (conversion
+# and two SFT passes, pipelines/smol.mk) ~2 CPU hours once. GRPO at the recipe's lr 1e-5.
+STUDY_ITER ?= 2
+STUDY_BATCH ?= 4
+STUDY_EVAL_EVERY ?= 2
+STUDY_START_SETTINGS ?=
+STUDY_LR ?= 1e-5
+STUDY_HELDOUT_CMD ?= $(RODS) --quiet --seed 99 tasks builtin --per-skill 12 --out - | awk "NR % 4 == 1"
+endif
 # the budget every arm spends, and how often the held-out tasks are evaluated
 STUDY_ITER ?= 16
 STUDY_BATCH ?= 8
@@ -37,34 +55,35 @@ STUDY_LR ?= 1e-6
 STUDY_HELDOUT_CMD ?= $(RODS) --quiet --seed 99 tasks builtin --per-skill 12 --out -
 
 # each arm is a recipe and settings, never a code fork; each changes one thing of `rods`
-ARM_rods := PIPELINE=demo
+ARM_rods := PIPELINE=$(STUDY_OF)
 # fixed-data GRPO: no synthesis, no retirement, uniform batches (pipelines/static.mk)
-ARM_static := PIPELINE=static
+ARM_static := PIPELINE=static STATIC_OF=$(STUDY_OF)
 # synthesis seeds drawn at random from the batch's groups instead of the top-phi boundary groups
-ARM_random := PIPELINE=demo SELECT=random
+ARM_random := PIPELINE=$(STUDY_OF) SELECT=random
 # the outcome reward (1 iff every turn passes) instead of progress, for training and detection
-ARM_binary := PIPELINE=demo REWARD=outcome
+ARM_binary := PIPELINE=$(STUDY_OF) REWARD=outcome
 # synthetic tasks are never retired (mastered, unsolvable, stale)
-ARM_no-retire := PIPELINE=demo RETIRE=off
+ARM_no-retire := PIPELINE=$(STUDY_OF) RETIRE=off
 # synthesized tasks stay pending: they never enter the pool the batches are drawn from
-ARM_no-inject := PIPELINE=demo INJECT_FRAC=0
+ARM_no-inject := PIPELINE=$(STUDY_OF) INJECT_FRAC=0
 
 STUDY_START := $(STUDY)/start
 study_run = $(STUDY)/$(1)/seed$(2)
 # the settings of arm $(1) with seed $(2), as `make loop` arguments
 study_args = $(ARM_$(1)) RUN=$(call study_run,$(1),$(2)) SEED=$(2) \
-	POLICY=$(abspath $(STUDY_START))/setup/policy SFT=off \
+	POLICY=$(abspath $(STUDY_START))/setup/policy START_EVAL=$(abspath $(STUDY_START))/setup/eval.parquet SFT=off \
 	ITER=$(STUDY_ITER) BATCH=$(STUDY_BATCH) G=$(STUDY_G) EVAL_EVERY=$(STUDY_EVAL_EVERY) LR=$(STUDY_LR) \
 	'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)'
 
 .PHONY: study study-start study-report
 # the runs are sub-makes of this one, which has made `install` already (-o install: not again)
 study-start: | install
-	$(MAKE) --no-print-directory -o install loop PIPELINE=demo RUN=$(STUDY_START) ITER=0 SEED=0 \
+	$(MAKE) --no-print-directory -o install loop PIPELINE=$(STUDY_OF) RUN=$(STUDY_START) ITER=0 SEED=0 \
 		'HELDOUT_TASKS_CMD=$(STUDY_HELDOUT_CMD)' $(STUDY_START_SETTINGS)
 
 # an unknown arm stops the study before anything runs
 ifneq ($(filter study study-%,$(MAKECMDGOALS)),)
+$(if $(filter static loop study,$(STUDY_OF))$(if $(wildcard pipelines/$(STUDY_OF).mk),,x),$(error unknown STUDY_OF '$(STUDY_OF)': the recipe the arms vary, e.g. demo or smol (pipelines/NAME.mk)))
 $(foreach a,$(ARMS),$(if $(ARM_$(a)),,$(error unknown arm '$(a)' in ARMS: the arms are $(patsubst ARM_%,%,$(filter ARM_%,$(.VARIABLES))))))
 endif
 

@@ -243,7 +243,8 @@ def test_each_ablation_changes_exactly_what_it_names(tmp_path, arm):
     lines = _plan(tmp_path, f"rods {arm}")
     for seed in (0, 1):
         base, abl = _stage_lines(lines, "rods", seed), _stage_lines(lines, arm, seed)
-        assert set(base) == set(abl) and len(base["rollout"]) == 2 and len(base["eval"]) == 2
+        # one eval per run: its start's is the study start's, copied (START_EVAL), not run again
+        assert set(base) == set(abl) and len(base["rollout"]) == 2 and len(base["eval"]) == 1
         for stage in base:
             changed = sorted({c for x, y in zip(base[stage], abl[stage], strict=True) for c in _option_changes(x, y)})
             assert changed == sorted(ABLATIONS[arm].get(stage, [])), (arm, stage, changed)
@@ -263,7 +264,61 @@ def test_study_plan_shares_start_budget_and_held_out(tmp_path):
         assert "ITER=2 BATCH=5 G=3" in ln and "--seed 99 tasks builtin --per-skill 12" in ln
     rollouts = [ln for ln in lines if " rollout " in ln and "rods" in ln]
     assert len(rollouts) == 8 and all("--group-size 3" in ln for ln in rollouts)
+    # the start is evaluated once; each run copies that eval as its own start's
+    evals = [ln for ln in lines if re.search(r"rods\s+--seed \d+ eval ", ln)]
+    assert sum(f"--out {root}/start/setup/eval.parquet" in ln for ln in evals) == 1
+    assert not any("/seed" in ln and "setup/eval.parquet" in ln for ln in evals)
+    copies = [ln for ln in lines if ln.startswith(f"cp {root}/start/setup/eval.parquet ")]
+    assert [c.split()[2] for c in copies] == [f"{root}/{a}/seed{s}/setup/eval.parquet.tmp" for s in (0, 1) for a in ("rods", "static")]
     assert lines[-2].endswith(f"report {root} --study --out {root}/report")
+
+
+def test_a_smol_study_varies_the_smol_recipe_at_its_own_size(tmp_path):
+    lines = _plan(tmp_path, "rods static", "STUDY_OF=smol", "SMOL_GGUF=/x/SmolLM2.gguf", f"SMOL_HF={tmp_path}/hf")
+    root = tmp_path / "st"
+    # the start: SmolLM2's two SFT passes from its converted GGUF file, then 24 held-out tasks
+    assert "loop PIPELINE=smol RUN=" in next(ln for ln in lines if f"RUN={root}/start" in ln)
+    assert sum("--mode sft" in ln and f"{root}/start/setup/" in ln for ln in lines) == 2
+    assert any("init-policy --from-gguf /x/SmolLM2.gguf" in ln for ln in lines)
+    runs = [ln for ln in lines if "-o install loop" in ln and "/seed" in ln]
+    assert [ln.split(" RUN=")[0].split("loop ")[1] for ln in runs] == ["PIPELINE=smol", "PIPELINE=static STATIC_OF=smol"] * 2
+    # the smol size (STUDY_ITER=2 comes from _plan, as the smol default), lr 1e-5, every 4th held-out task
+    assert all("ITER=2 BATCH=4 G=4 EVAL_EVERY=2 LR=1e-5" in ln and 'awk "NR % 4 == 1"' in ln for ln in runs)
+    # the recipe's sampling reaches both arms; static changes only what it names
+    for seed in (0, 1):
+        base, static = _stage_lines(lines, "rods", seed), _stage_lines(lines, "static", seed)
+        assert all("--temperature 0.7" in ln and "--batch-size 8" in ln for ln in base["rollout"] + static["rollout"])
+        changed = sorted({c for stage in base for x, y in zip(base[stage], static[stage], strict=True)
+                          for c in _option_changes(x, y)})
+        assert changed == sorted(["--top-m 2 -> --top-m 0", "--per-seed 2 -> --per-seed 0", "--floor 0.05 -> --floor 1.0", *RETIRE_OFF])
+
+
+@pytest.mark.parametrize("recipe", ["nope", "static"])
+def test_an_unknown_study_recipe_stops_before_anything_runs(tmp_path, recipe):
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", "install", "-n", "study",
+                           f"STUDY={tmp_path}/st", f"STUDY_OF={recipe}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and f"unknown STUDY_OF '{recipe}'" in proc.stderr and "rods" not in proc.stdout
+
+
+def test_a_run_copies_its_start_eval_only_for_the_same_held_out_tasks(tmp_path):
+    start = tmp_path / "start" / "setup"
+    _eval_file(start / "eval.parquet", 0, [0.5, 1.0])
+    (start / "heldout.jsonl").write_text('{"id": "h0"}\n{"id": "h1"}\n')
+    (tmp_path / "ckpt").mkdir()
+
+    def run(name: str, heldout: str) -> subprocess.CompletedProcess:
+        target = tmp_path / name / "setup" / "eval.parquet"
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", "install", str(target),
+                               f"RUN={tmp_path / name}", f"POLICY={tmp_path / 'ckpt'}", "SFT=off",
+                               f"START_EVAL={start / 'eval.parquet'}", f"HELDOUT_TASKS_CMD=printf '{heldout}'"],
+                              capture_output=True, text=True, timeout=60)
+
+    same = run("same", '{"id": "h0"}\\n{"id": "h1"}\\n')
+    assert same.returncode == 0, same.stderr
+    assert (tmp_path / "same" / "setup" / "eval.parquet").read_bytes() == (start / "eval.parquet").read_bytes()
+    other = run("other", '{"id": "h9"}\\n')
+    assert other.returncode != 0 and "not the held-out tasks of START_EVAL" in other.stderr
+    assert not (tmp_path / "other" / "setup" / "eval.parquet").exists()
 
 
 def test_unknown_arm_stops_before_anything_runs(tmp_path):
