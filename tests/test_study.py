@@ -32,12 +32,12 @@ def _eval_file(path: Path, iteration: int, progress: list[float]) -> None:
     records.write_records(path, tasks + aggregate(tasks), "eval")
 
 
-def _groups(path: Path, informative: int, n_groups: int = 4) -> None:
+def _groups(path: Path, informative: int, n_groups: int = 4, prefix: str = "t") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_groups):
         mean = 0.5 if i < informative else 0.0
-        rows.append({"task_id": f"t{i}", "skill": "base", "n": 4, "mean": mean, "var": 0.25 if mean else 0.0,
+        rows.append({"task_id": f"{prefix}{i}", "skill": "base", "n": 4, "mean": mean, "var": 0.25 if mean else 0.0,
                      "min": 0.0, "max": 1.0 if mean else 0.0, "phi": 4 * mean * (1 - mean), "zone": "boundary" if mean else "hard",
                      "informative": bool(mean), "selected": False, "rank": None})
     records.write_records(path, rows, "group")
@@ -136,6 +136,24 @@ def test_diagnosis_counts_the_held_out_changes_and_the_training_groups(study_dir
     assert groups["zones"] == {"boundary": 15, "hard": 9}
     header, rows = study.diagnosis.change_rows(s["diagnosis"])
     assert header[0] == "arm" and rows[1][:5] == ["static", "3", "7.0", "0.0", "7"]
+
+
+def test_diagnosis_names_the_runs_that_rolled_out_the_baselines_batches(study_dir, capsys):
+    """The fixture's arms roll out the same 4 task ids at every iteration; rods seed 1 is given a
+    different batch at iteration 1 (one synthesized task in it)."""
+    _groups(study_dir / "rods" / "seed1" / "iter_001" / "groups.parquet", informative=3, prefix="syn")
+    batches = study.summarize_study(study_dir, n_boot=200)["diagnosis"]["batches"]
+    assert batches["baseline"] == "static" and set(batches["arms"]) == {"rods", "random"}
+    rods = batches["arms"]["rods"]
+    assert rods["seeds"]["1"] == {"compared": 2, "different": [1]} and rods["seeds"]["0"] == {"compared": 2, "different": []}
+    assert rods["same_seeds"] == [0, 2] and batches["arms"]["random"]["same_seeds"] == [0, 1]
+    warnings = study.diagnosis.batch_warnings(batches)
+    assert len(warnings) == 2 and warnings[0].startswith("rods rolled out exactly the static arm's batches")
+    assert "seed(s) 0, 2 of 3" in warnings[0] and "0 by construction" in warnings[0]
+    # the printed report and the page say it too
+    assert main(["report", str(study_dir), "--study", "--out", str(study_dir / "rep"), "--no-plots"]) == 0
+    assert "seed(s) 0, 2 of 3" in capsys.readouterr().out.replace("\n", " ")
+    assert "seed(s) 0, 2 of 3" in (study_dir / "rep" / "index.html").read_text()
 
 
 def test_budget_to_match_the_baseline(study_dir):

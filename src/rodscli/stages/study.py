@@ -220,7 +220,8 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
         "time_total_s": sum(t for v in times.values() for t in v.values()),
         "pending": pending,
         "diagnosis": {"heldout": diagnosis.heldout_changes(arms, iteration, task_scores),
-                      "groups": diagnosis.training_groups(arms, iteration)},
+                      "groups": diagnosis.training_groups(arms, iteration),
+                      "batches": diagnosis.batches_against(arms, iteration, BASELINE)},
     }
 
 
@@ -353,6 +354,7 @@ def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
     if summary.get("diagnosis"):
         parts += _html_table("held-out tasks changed against the start", *diagnosis.change_rows(summary["diagnosis"]))
         parts += _html_table("training groups", *diagnosis.group_rows(summary["diagnosis"]))
+        parts += [f"<p><b>{html.escape(line)}</b></p>" for line in diagnosis.batch_warnings(summary["diagnosis"].get("batches", {}))]
     parts += figures(pngs)
     parts.append("</body></html>")
     return "\n".join(parts).encode()

@@ -13,7 +13,12 @@ that from the runs' own records, without running anything:
 - **training groups**: per arm, the groups the loop trained on (every iteration's
   groups.parquet) by origin (seed, synthetic) and skill type: how many, their mean reward and
   the fraction informative (reward spread within the group, the only groups GRPO learns from);
-  and the zones (a boundary set that empties, or synthetic tasks that are all mastered, show here).
+  and the zones (a boundary set that empties, or synthetic tasks that are all mastered, show here);
+- **batches against the baseline**: per arm and seed, the iterations whose rolled-out tasks
+  differ from the baseline's of the same seed. Every stage is deterministic given its inputs
+  and seed, so an arm whose batches were the baseline's at every iteration repeated the
+  baseline run step for step: its difference is 0 by construction, not a measured null (a
+  small budget on a large seed pool does this: synthesized tasks never reach a batch).
 """
 
 from __future__ import annotations
@@ -95,6 +100,47 @@ def training_groups(arms: dict[str, dict[int, Path]], iteration: int) -> dict[st
     return out
 
 
+def _batches(run: Path, iteration: int) -> dict[int, list[str]]:
+    """{iteration: the sorted task ids rolled out} of a run's first `iteration` iterations."""
+    out = {}
+    for number, folder in iteration_dirs(run):
+        if number < iteration and (groups := _read(folder / "groups.parquet", "group", ["task_id"])):
+            out[number] = sorted(g["task_id"] for g in groups)
+    return out
+
+
+def batches_against(arms: dict[str, dict[int, Path]], iteration: int, baseline: str) -> dict[str, Any]:
+    """Per arm other than the baseline: for each seed both have, the iterations compared and
+    those whose batch differs from the baseline's; `same_seeds` lists the seeds that repeated it."""
+    if baseline not in arms:
+        return {}
+    base = {seed: _batches(run, iteration) for seed, run in arms[baseline].items()}
+    out = {}
+    for arm, runs in arms.items():
+        if arm == baseline:
+            continue
+        per_seed = {}
+        for seed in sorted(runs.keys() & base.keys()):
+            mine, theirs = _batches(runs[seed], iteration), base[seed]
+            common = sorted(mine.keys() & theirs.keys())
+            per_seed[str(seed)] = {"compared": len(common), "different": [n for n in common if mine[n] != theirs[n]]}
+        same = [int(s) for s, v in per_seed.items() if v["compared"] and not v["different"]]
+        out[arm] = {"seeds": per_seed, "same_seeds": same}
+    return {"baseline": baseline, "arms": out}
+
+
+def batch_warnings(batches: dict) -> list[str]:
+    """One line per arm that trained on the baseline's batches in some seed."""
+    lines = []
+    for arm, b in batches.get("arms", {}).items():
+        if b["same_seeds"]:
+            lines.append(f"{arm} rolled out exactly the {batches['baseline']} arm's batches at every compared iteration "
+                         f"in seed(s) {', '.join(map(str, b['same_seeds']))} of {len(b['seeds'])}: those runs repeat "
+                         f"the {batches['baseline']} runs step for step, so their difference is 0 by construction "
+                         f"(synthesized tasks never reached a batch: a larger budget or a smaller seed pool)")
+    return lines
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
@@ -145,4 +191,4 @@ def render(diagnosis: dict) -> list[Any]:
         for cells in rows:
             t.add_row(*cells)
         tables.append(t)
-    return tables
+    return tables + batch_warnings(diagnosis.get("batches", {}))
