@@ -154,6 +154,14 @@ def test_diagnosis_names_the_runs_that_rolled_out_the_baselines_batches(study_di
     assert main(["report", str(study_dir), "--study", "--out", str(study_dir / "rep"), "--no-plots"]) == 0
     assert "seed(s) 0, 2 of 3" in capsys.readouterr().out.replace("\n", " ")
     assert "seed(s) 0, 2 of 3" in (study_dir / "rep" / "index.html").read_text()
+    # `rods report RUN RUN` (make compare) says it of two runs that rolled out the same tasks
+    capsys.readouterr()
+    pair = [str(study_dir / "rods" / "seed0"), str(study_dir / "static" / "seed0"), str(study_dir / "rods" / "seed1")]
+    assert main(["report", *pair, "--name", "rods", "--name", "static", "--name", "rods1", "--out", str(study_dir / "r2"), "--no-plots"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "rods and static rolled out the same tasks at all 2 iterations" in out
+    assert "rods1 rolled out" not in out and "and rods1 rolled out" not in out  # its iteration 1 differs
+    assert "0 by construction" in (study_dir / "r2" / "index.html").read_text()
 
 
 def test_budget_to_match_the_baseline(study_dir):

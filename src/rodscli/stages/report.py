@@ -17,6 +17,7 @@ is point 1.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from collections import Counter
@@ -33,7 +34,7 @@ ITER_DIR = re.compile(r"^iter_(\d+)$")
 RETIRE_REASONS = ("mastered", "unsolvable", "stale", "capacity")
 ZONES = ("hard", "boundary", "mastered")
 # the fields the run summary reads (groups and buffer entries carry whole rollouts and logs)
-GROUP_FIELDS = ["n", "zone", "mean", "informative", "selected"]
+GROUP_FIELDS = ["task_id", "n", "zone", "mean", "informative", "selected"]
 BUFFER_FIELDS = ["status", "origin", "retire_reason", "log"]
 
 
@@ -89,6 +90,9 @@ def group_stats(groups: list[dict]) -> dict[str, Any]:
         "informative": sum(bool(g["informative"]) for g in groups) / len(groups) if groups else None,
         "selected": sum(bool(g.get("selected")) for g in groups),
         **{f"zone_{z}": zones.get(z, 0) for z in ZONES},
+        # which tasks were rolled out (a fingerprint): two runs with the same batch fingerprints
+        # and seed ran the same computation (every stage is deterministic given inputs and seed)
+        "batch": hashlib.sha1("\n".join(sorted(g["task_id"] for g in groups)).encode()).hexdigest()[:12],
     }
 
 
@@ -205,6 +209,29 @@ def summarize_run(run: str | Path, name: str | None = None) -> dict[str, Any]:
     return {"name": name or run.name, "path": str(run), "iterations": rows, "evals": evals}
 
 
+def batch_differences(a: dict, b: dict, before: int | None = None) -> tuple[int, list[int]]:
+    """Of two run summaries: how many iterations (below `before`, when given) both rolled out,
+    and those among them whose batches differ."""
+    def batches(s: dict) -> dict[int, str]:
+        return {r["iteration"]: r["batch"] for r in s["iterations"] if r.get("batch") and (before is None or r["iteration"] < before)}
+    mine, theirs = batches(a), batches(b)
+    common = sorted(mine.keys() & theirs.keys())
+    return len(common), [n for n in common if mine[n] != theirs[n]]
+
+
+def repeated_runs(summaries: list[dict]) -> list[str]:
+    """A line for each pair of runs that rolled out the same tasks at every iteration both ran."""
+    lines = []
+    for i, a in enumerate(summaries):
+        for b in summaries[i + 1:]:
+            compared, different = batch_differences(a, b)
+            if compared and not different:
+                lines.append(f"{a['name']} and {b['name']} rolled out the same tasks at all {compared} iterations both ran: "
+                             "with the same seed they are the same computation, step for step, and any difference "
+                             "between them is 0 by construction (synthesized tasks never reached a batch)")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # table
 
@@ -264,7 +291,7 @@ def render_tables(summaries: list[dict]) -> list[Any]:
                 e.add_row(str(p["iteration"]), _fmt(p.get("trajectories_total")), _fmt(p["success"]), _fmt(p["progress"]),
                           call_turns_text(p), *per_skill)
             tables.append(e)
-    return tables
+    return tables + repeated_runs(summaries)
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,6 +435,7 @@ def html_page(summaries: list[dict], pngs: list[tuple[str, str, bytes]]) -> byte
     parts += figures(pngs)
     for s in summaries:
         parts.append(f"<h2>{html.escape(s['name'])}</h2>{_html_table(s)}")
+    parts += [f"<p><b>{html.escape(line)}</b></p>" for line in repeated_runs(summaries)]
     parts.append("<p>Columns: traj = trajectories consumed so far; inform. = groups with non-zero reward variance; "
                  "hard/bound./mast. = zone counts; seeds/synth/pend./retired = buffer after the iteration; "
                  "accepted = synthesized candidates; held succ/prog = held-out eval of the policy after the iteration.</p>")

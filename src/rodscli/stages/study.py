@@ -221,7 +221,7 @@ def summarize_study(study: str | Path, n_boot: int = 10_000, seed: int = 0) -> d
         "pending": pending,
         "diagnosis": {"heldout": diagnosis.heldout_changes(arms, iteration, task_scores),
                       "groups": diagnosis.training_groups(arms, iteration),
-                      "batches": diagnosis.batches_against(arms, iteration, BASELINE)},
+                      "batches": diagnosis.batches_against(summaries, iteration, BASELINE)},
     }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rodscli.stages.eval import aggregate
-from rodscli.stages.report import _read, iteration_dirs
+from rodscli.stages.report import _read, batch_differences, iteration_dirs
 
 # the fields of a training group the diagnosis reads (a group record is much larger)
 GROUP_FIELDS = ["origin", "skill", "mean", "informative", "zone"]
@@ -100,30 +100,20 @@ def training_groups(arms: dict[str, dict[int, Path]], iteration: int) -> dict[st
     return out
 
 
-def _batches(run: Path, iteration: int) -> dict[int, list[str]]:
-    """{iteration: the sorted task ids rolled out} of a run's first `iteration` iterations."""
-    out = {}
-    for number, folder in iteration_dirs(run):
-        if number < iteration and (groups := _read(folder / "groups.parquet", "group", ["task_id"])):
-            out[number] = sorted(g["task_id"] for g in groups)
-    return out
-
-
-def batches_against(arms: dict[str, dict[int, Path]], iteration: int, baseline: str) -> dict[str, Any]:
-    """Per arm other than the baseline: for each seed both have, the iterations compared and
-    those whose batch differs from the baseline's; `same_seeds` lists the seeds that repeated it."""
-    if baseline not in arms:
+def batches_against(summaries: dict[str, dict[int, dict]], iteration: int, baseline: str) -> dict[str, Any]:
+    """Per arm other than the baseline: for each seed both have, the iterations (below the
+    compared one) both rolled out and those whose batch differs from the baseline's (run
+    summaries of stages/report.py); `same_seeds` lists the seeds that repeated it."""
+    if baseline not in summaries:
         return {}
-    base = {seed: _batches(run, iteration) for seed, run in arms[baseline].items()}
     out = {}
-    for arm, runs in arms.items():
+    for arm, runs in summaries.items():
         if arm == baseline:
             continue
         per_seed = {}
-        for seed in sorted(runs.keys() & base.keys()):
-            mine, theirs = _batches(runs[seed], iteration), base[seed]
-            common = sorted(mine.keys() & theirs.keys())
-            per_seed[str(seed)] = {"compared": len(common), "different": [n for n in common if mine[n] != theirs[n]]}
+        for seed in sorted(runs.keys() & summaries[baseline].keys()):
+            compared, different = batch_differences(runs[seed], summaries[baseline][seed], before=iteration)
+            per_seed[str(seed)] = {"compared": compared, "different": different}
         same = [int(s) for s, v in per_seed.items() if v["compared"] and not v["different"]]
         out[arm] = {"seeds": per_seed, "same_seeds": same}
     return {"baseline": baseline, "arms": out}
