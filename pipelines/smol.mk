@@ -63,8 +63,8 @@ BATCH ?= 4
 MAX_TOKENS ?= 4096
 TOP_M ?= 2
 # GRPO at lr 1e-5, not 1e-6: from the two-pass warm start, 2 iterations at 1e-6 left the greedy
-# held-out replies identical turn for turn (24 tasks); at 1e-5 they changed on 5 of 24 (3 better,
-# 2 worse; progress 0.275 -> 0.340, one training run); docs/real-models.md
+# held-out replies identical turn for turn (24 tasks); at 1e-5 they change, both ways: over 5
+# training seeds held-out progress +0.008 [-0.074, +0.108], no net effect yet; docs/real-models.md
 LR ?= 1e-5
 EVAL_EVERY ?= 2
 # an episode's wall-clock limit (600 s by default) counts the time its batch-mates take too: a

@@ -29,7 +29,7 @@ SEEDS ?= 0 1 2
 STUDY_OF ?= demo
 ifeq ($(STUDY_OF),smol)
 # SmolLM2 on 2 CPU cores: a run of 2 iterations x 4 tasks x 4 rollouts and a greedy eval of
-# 24 held-out tasks (every 4th of the 96) takes ~35-45 min of one core; the start (conversion
+# 24 held-out tasks (every 4th of the 96) took 30-60 min of one core (measured); the start (conversion
 # and two SFT passes, pipelines/smol.mk) ~2 CPU hours once. GRPO at the recipe's lr 1e-5.
 STUDY_ITER ?= 2
 STUDY_BATCH ?= 4
