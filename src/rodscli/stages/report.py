@@ -435,12 +435,17 @@ def html_page(summaries: list[dict], pngs: list[tuple[str, str, bytes]]) -> byte
     parts += figures(pngs)
     for s in summaries:
         parts.append(f"<h2>{html.escape(s['name'])}</h2>{_html_table(s)}")
-    parts += [f"<p><b>{html.escape(line)}</b></p>" for line in repeated_runs(summaries)]
+    parts += notes_html(repeated_runs(summaries))
     parts.append("<p>Columns: traj = trajectories consumed so far; inform. = groups with non-zero reward variance; "
                  "hard/bound./mast. = zone counts; seeds/synth/pend./retired = buffer after the iteration; "
                  "accepted = synthesized candidates; held succ/prog = held-out eval of the policy after the iteration.</p>")
     parts.append("</body></html>")
     return "\n".join(parts).encode()
+
+
+def notes_html(lines: list[str]) -> list[str]:
+    """Warnings under a report's tables, as bold paragraphs of the page."""
+    return [f"<p><b>{html.escape(line)}</b></p>" for line in lines]
 
 
 def figures(pngs: list[tuple[str, str, bytes]]) -> list[str]:

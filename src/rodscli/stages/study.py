@@ -29,7 +29,7 @@ from rodscli import stats
 from rodscli.errors import InputError
 from rodscli.schemas import SKILLS
 from rodscli.stages import study_diagnosis as diagnosis
-from rodscli.stages.report import _fmt, _read, figures, png_bytes, summarize_run
+from rodscli.stages.report import _fmt, _read, figures, notes_html, png_bytes, summarize_run
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
 # the paper's order: the method, its baseline, then the ablations
@@ -354,7 +354,7 @@ def html_page(summary: dict, pngs: list[tuple[str, str, bytes]]) -> bytes:
     if summary.get("diagnosis"):
         parts += _html_table("held-out tasks changed against the start", *diagnosis.change_rows(summary["diagnosis"]))
         parts += _html_table("training groups", *diagnosis.group_rows(summary["diagnosis"]))
-        parts += [f"<p><b>{html.escape(line)}</b></p>" for line in diagnosis.batch_warnings(summary["diagnosis"].get("batches", {}))]
+        parts += notes_html(diagnosis.batch_warnings(summary["diagnosis"].get("batches", {})))
     parts += figures(pngs)
     parts.append("</body></html>")
     return "\n".join(parts).encode()
